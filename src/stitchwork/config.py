@@ -1,0 +1,78 @@
+"""Settings: built once (from ``STITCHWORK_*`` environment variables) and passed down."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8420
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path("stitchwork", appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Every tunable of stitchwork. Durations accept seconds (``30``) or ISO 8601 (``PT30S``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STITCHWORK_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    queue_url: str = "sql://"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    worker_concurrency: int = Field(default=4, ge=1, le=1024)
+    lease: timedelta = timedelta(seconds=30)
+    heartbeat_interval: timedelta = timedelta(seconds=10)
+    sweep_interval: timedelta = timedelta(seconds=5)
+    poll_interval: timedelta = timedelta(seconds=1)
+    shutdown_grace: timedelta = timedelta(seconds=30)
+    cancel_grace: timedelta = timedelta(seconds=5)
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_base: timedelta = timedelta(seconds=1)
+    backoff_max: timedelta = timedelta(minutes=5)
+    backoff_jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+
+    queue_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description="job type -> queue name; types not listed go to the 'default' queue",
+    )
+
+    @field_validator("lease", "heartbeat_interval", "sweep_interval", "poll_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.heartbeat_interval >= self.lease:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval.total_seconds()}s) must be shorter "
+                f"than lease ({self.lease.total_seconds()}s), or leases expire between heartbeats"
+            )
+        if not self.database_url:
+            db = self.data_dir / "stitchwork.db"
+            object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{db}")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    def queue_for(self, job_type: str) -> str:
+        return self.queue_routes.get(job_type, "default")

@@ -1,0 +1,59 @@
+"""The queue port. The database stays the truth: a backend only decides delivery order and
+wake-ups; every status change still goes through the job store's guarded transitions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+from uuid import UUID
+
+from stitchwork.domain.jobs import Job
+
+CancelListener = Callable[[UUID], None]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+    paused: bool
+    queued: int
+    running: int
+
+
+class QueueBackend(Protocol):
+    async def start(self) -> None:
+        """Open connections and listeners."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def reserve(
+        self, worker_id: str, limit: int, lease: timedelta, *, queues: Collection[str] | None = None
+    ) -> list[Job]:
+        """Take up to ``limit`` due jobs (priority, then due time, then FIFO) from unpaused
+        queues; they come back ``running`` and leased to ``worker_id``."""
+        ...
+
+    async def notify_enqueued(self, queue_names: Collection[str]) -> None:
+        """Wake idle workers: new jobs are due."""
+        ...
+
+    async def notify_cancelled(self, job_ids: Collection[UUID]) -> None:
+        """Tell the workers running these jobs to stop them."""
+        ...
+
+    def add_cancel_listener(self, listener: CancelListener) -> None: ...
+
+    def remove_cancel_listener(self, listener: CancelListener) -> None: ...
+
+    async def wait_for_work(self, timeout: timedelta) -> None:
+        """Return when work may be available, or after ``timeout``."""
+        ...
+
+    async def pause(self, name: str) -> None: ...
+
+    async def resume(self, name: str) -> None: ...
+
+    async def list_queues(self) -> list[QueueInfo]: ...

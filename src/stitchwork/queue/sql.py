@@ -1,0 +1,206 @@
+"""The embedded queue: the ``runner_jobs`` table itself.
+
+Reservation is one ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``: many jobs per
+round trip, with ``FOR UPDATE SKIP LOCKED`` on Postgres so concurrent workers never wait for
+each other or take the same row. SQLite serialises writers, which gives the same guarantee.
+Idle workers in this process are woken by an in-process event; on Postgres, workers in other
+processes are woken by ``LISTEN/NOTIFY`` (which also carries cancellations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Collection
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import structlog
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+
+from stitchwork.clock import Clock
+from stitchwork.domain.events import EventType
+from stitchwork.domain.jobs import Job, JobStatus
+from stitchwork.queue.base import CancelListener, QueueInfo
+from stitchwork.storage.db import Database
+from stitchwork.storage.rows import transition_jobs
+from stitchwork.storage.tables import queue_states, runner_jobs
+
+log = structlog.get_logger(__name__)
+
+WAKE_CHANNEL = "stitchwork_wake"
+CANCEL_CHANNEL = "stitchwork_cancel"
+
+
+class SqlQueue:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._cancel_listeners: list[CancelListener] = []
+        self._listener: Any = None  # asyncpg connection holding LISTEN
+
+    async def start(self) -> None:
+        if self.db.is_postgres and self._listener is None:
+            import asyncpg  # type: ignore[import-untyped]  # the postgres extra, no stubs
+
+            url = make_url(self.db.url).set(drivername="postgresql")
+            self._listener = await asyncpg.connect(url.render_as_string(hide_password=False))
+            await self._listener.add_listener(WAKE_CHANNEL, self._on_wake)
+            await self._listener.add_listener(CANCEL_CHANNEL, self._on_cancel)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(Exception):
+                await listener.close()
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def _on_wake(self, *_args: Any) -> None:
+        self._wake.set()
+
+    def _on_cancel(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._fire_cancel(UUID(payload))
+
+    def _fire_cancel(self, job_id: UUID) -> None:
+        for listener in list(self._cancel_listeners):
+            try:
+                listener(job_id)
+            except Exception:
+                log.exception("cancel_listener_failed", job_id=str(job_id))
+
+    async def notify_enqueued(self, queue_names: Collection[str]) -> None:
+        self._wake.set()
+        if self.db.is_postgres:
+            async with self.db.begin() as conn:
+                await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
+
+    async def notify_cancelled(self, job_ids: Collection[UUID]) -> None:
+        if self.db.is_postgres:
+            async with self.db.begin() as conn:
+                for job_id in job_ids:
+                    await conn.execute(
+                        text("SELECT pg_notify(:c, :p)"), {"c": CANCEL_CHANNEL, "p": str(job_id)}
+                    )
+            if self._listener is not None:
+                return  # our own LISTEN delivers it to local listeners too
+        for job_id in job_ids:
+            self._fire_cancel(job_id)
+
+    def add_cancel_listener(self, listener: CancelListener) -> None:
+        self._cancel_listeners.append(listener)
+
+    def remove_cancel_listener(self, listener: CancelListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._cancel_listeners.remove(listener)
+
+    async def wait_for_work(self, timeout: timedelta) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout.total_seconds())
+        self._wake.clear()
+
+    # -- reservation -------------------------------------------------------------------------
+
+    async def reserve(
+        self, worker_id: str, limit: int, lease: timedelta, *, queues: Collection[str] | None = None
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        now = self.clock.now()
+        paused = select(queue_states.c.name).where(queue_states.c.paused.is_(True))
+        due = (
+            select(runner_jobs.c.id)
+            .where(
+                runner_jobs.c.status == JobStatus.QUEUED.value,
+                runner_jobs.c.run_after <= now,
+                runner_jobs.c.queue_name.not_in(paused),
+            )
+            .order_by(runner_jobs.c.priority.desc(), runner_jobs.c.run_after, runner_jobs.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if queues is not None:
+            due = due.where(runner_jobs.c.queue_name.in_(list(queues)))
+        async with self.db.begin() as conn:
+            jobs = await transition_jobs(
+                conn,
+                where=[runner_jobs.c.id.in_(due.scalar_subquery())],
+                expected={JobStatus.QUEUED},
+                to=JobStatus.RUNNING,
+                now=now,
+                actor=worker_id,
+                event_type=EventType.JOB_STARTED,
+                event_payload={"worker": worker_id},
+                values={
+                    "lease_owner": worker_id,
+                    "lease_expires_at": now + lease,
+                    "started_at": now,
+                    "progress_percent": 0,
+                },
+            )
+        jobs.sort(key=lambda j: (-j.priority, j.run_after or now, j.id))
+        return jobs
+
+    # -- pause / resume ----------------------------------------------------------------------
+
+    async def _set_paused(self, name: str, paused: bool) -> None:
+        now = self.clock.now()
+        async with self.db.begin() as conn:
+            updated = await conn.execute(
+                queue_states.update()
+                .where(queue_states.c.name == name)
+                .values(paused=paused, updated_at=now)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    queue_states.insert().values(name=name, paused=paused, updated_at=now)
+                )
+        if not paused:
+            await self.notify_enqueued([name])
+
+    async def pause(self, name: str) -> None:
+        await self._set_paused(name, True)
+
+    async def resume(self, name: str) -> None:
+        await self._set_paused(name, False)
+
+    async def list_queues(self) -> list[QueueInfo]:
+        counts = (
+            select(runner_jobs.c.queue_name, runner_jobs.c.status, func.count())
+            .where(runner_jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            .group_by(runner_jobs.c.queue_name, runner_jobs.c.status)
+        )
+        async with self.db.read() as conn:
+            states = dict(
+                (await conn.execute(select(queue_states.c.name, queue_states.c.paused))).all()
+            )
+            rows = (await conn.execute(counts)).all()
+        by_queue: dict[str, dict[str, int]] = {name: {} for name in states}
+        for name, status, n in rows:
+            by_queue.setdefault(name, {})[status] = n
+        by_queue.setdefault("default", {})
+        return [
+            QueueInfo(
+                name=name,
+                paused=bool(states.get(name, False)),
+                queued=c.get(JobStatus.QUEUED.value, 0),
+                running=c.get(JobStatus.RUNNING.value, 0),
+            )
+            for name, c in sorted(by_queue.items())
+        ]
+
+
+def create_queue(url: str, db: Database, clock: Clock) -> SqlQueue:
+    """Build the queue backend ``url`` names. ``sql://`` is the only one so far."""
+    from stitchwork.errors import ConfigError
+
+    if url.rstrip("/") in {"sql:", "sql:/"}:
+        return SqlQueue(db, clock)
+    raise ConfigError(
+        f"unsupported queue_url {url!r}: this version supports sql:// (the job table) only",
+        field="queue_url",
+    )

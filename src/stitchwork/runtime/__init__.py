@@ -1,0 +1,1 @@
+"""Long-running loops (worker, lease sweeper) and the composition root that builds them."""

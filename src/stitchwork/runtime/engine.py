@@ -1,0 +1,131 @@
+"""The composition root: builds every component of one process from ``Settings``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from stitchwork.clock import Clock, SystemClock
+from stitchwork.config import Settings
+from stitchwork.queue.base import QueueBackend
+from stitchwork.queue.sql import create_queue
+from stitchwork.runtime.context import Handler
+from stitchwork.runtime.handlers import BUILTIN_HANDLERS
+from stitchwork.runtime.sweeper import LeaseSweeper
+from stitchwork.runtime.worker import Worker, new_worker_id
+from stitchwork.services.auth import AuthService
+from stitchwork.services.job_types import JobTypeCatalog
+from stitchwork.services.jobs import JobService
+from stitchwork.storage.auth import SqlAuthStore
+from stitchwork.storage.db import Database
+from stitchwork.storage.jobs import SqlJobStore
+from stitchwork.storage.migrate import upgrade
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    clock: Clock
+    db: Database
+    store: SqlJobStore
+    queue: QueueBackend
+    catalog: JobTypeCatalog
+    jobs: JobService
+    auth: AuthService
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        migrate: bool = True,
+        search_path: str | None = None,
+    ) -> Engine:
+        """Connect, bring the schema up to date (unless ``migrate=False``) and start the queue."""
+        clock = clock or SystemClock()
+        db = Database(settings.database_url, search_path=search_path)
+        try:
+            if migrate:
+                await upgrade(db)
+            queue = create_queue(settings.queue_url, db, clock)
+            await queue.start()
+        except BaseException:
+            await db.dispose()
+            raise
+        store = SqlJobStore(db, clock)
+        catalog = JobTypeCatalog()
+        return cls(
+            settings=settings,
+            clock=clock,
+            db=db,
+            store=store,
+            queue=queue,
+            catalog=catalog,
+            jobs=JobService(store, queue, catalog, settings),
+            auth=AuthService(SqlAuthStore(db, clock)),
+        )
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.db.dispose()
+
+    def worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        worker_id: str | None = None,
+        queues: list[str] | None = None,
+    ) -> Worker:
+        return Worker(
+            store=self.store,
+            queue=self.queue,
+            handlers=handlers if handlers is not None else BUILTIN_HANDLERS,
+            settings=self.settings,
+            concurrency=concurrency,
+            worker_id=worker_id,
+            queues=queues,
+        )
+
+    def sweeper(self, actor: str | None = None) -> LeaseSweeper:
+        return LeaseSweeper(
+            self.store,
+            self.queue,
+            interval_s=self.settings.sweep_interval.total_seconds(),
+            actor=actor or f"sweeper:{new_worker_id()}",
+        )
+
+
+@asynccontextmanager
+async def open_engine(settings: Settings, **kwargs: object) -> AsyncIterator[Engine]:
+    engine = await Engine.open(settings, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+async def run_worker_until_signalled(engine: Engine, worker: Worker) -> None:
+    """Run a worker and a sweeper until SIGTERM/SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, worker.stop)
+    sweeper = asyncio.create_task(engine.sweeper(actor=worker.worker_id).run())
+    try:
+        await worker.run()
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

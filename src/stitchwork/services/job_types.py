@@ -1,0 +1,95 @@
+"""The catalogue of job types a workspace may submit, with each type's payload schema.
+
+Submission validates against it, so an unknown type or a malformed payload is refused with a
+field-level message before anything is stored. Handlers (what runs a type) live in ``runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stitchwork.errors import InvalidRequest
+
+
+class NoopPayload(BaseModel):
+    """Does nothing and completes at once (benchmarks, smoke tests)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class SleepPayload(BaseModel):
+    """Waits, reporting progress; can be told to fail its first attempts (tests, demos)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(default=1.0, ge=0, le=86_400)
+    progress_steps: int = Field(default=0, ge=0, le=100)
+    fail_attempts: int = Field(default=0, ge=0, le=100)
+
+
+class ShellPayload(BaseModel):
+    """Runs a command. A string goes through ``/bin/sh -c``; a list is executed directly.
+
+    A line ``::progress::NN`` on the command's output reports NN percent progress.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | list[str]
+    timeout_s: float = Field(default=600, gt=0, le=86_400)
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    output_tail_chars: int = Field(default=4000, ge=0, le=1_000_000)
+
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if (isinstance(value, str) and not value.strip()) or (
+            isinstance(value, list) and (not value or not all(value))
+        ):
+            raise ValueError("must be a non-empty command")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobType:
+    name: str
+    payload_model: type[BaseModel]
+    description: str
+
+
+BUILTIN_JOB_TYPES = (
+    JobType("shell", ShellPayload, "run a command with a timeout; captures exit code and output"),
+    JobType("noop", NoopPayload, "complete at once (benchmarks)"),
+    JobType("sleep", SleepPayload, "wait, reporting progress (tests and demos)"),
+)
+
+
+class JobTypeCatalog:
+    def __init__(self, types: tuple[JobType, ...] = BUILTIN_JOB_TYPES) -> None:
+        self._types = {t.name: t for t in types}
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def validate(self, type_: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload, normalised by the type's schema; ``InvalidRequest`` names the field."""
+        job_type = self._types.get(type_)
+        if job_type is None:
+            raise InvalidRequest(
+                f"unknown job type {type_!r}; known types: {', '.join(self.names)}", field="type"
+            )
+        try:
+            model = job_type.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in ("payload", *first["loc"]))
+            raise InvalidRequest(f"{where}: {first['msg']}", field=where) from exc
+        return model.model_dump(mode="json", exclude_unset=True)

@@ -1,0 +1,121 @@
+"""Submit, read, cancel and retry jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+import structlog
+
+from stitchwork.config import Settings
+from stitchwork.domain.events import Event
+from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NewJob
+from stitchwork.errors import InvalidRequest
+from stitchwork.queue.base import QueueBackend
+from stitchwork.services.job_types import JobTypeCatalog
+from stitchwork.storage.jobs import JobSpec, SqlJobStore, Submitted
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 10_000
+
+
+class JobService:
+    def __init__(
+        self,
+        store: SqlJobStore,
+        queue: QueueBackend,
+        catalog: JobTypeCatalog,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.catalog = catalog
+        self.settings = settings
+
+    def _spec(self, new: NewJob) -> JobSpec:
+        payload = self.catalog.validate(new.type, new.payload)
+        if not MIN_PRIORITY <= new.priority <= MAX_PRIORITY:
+            raise InvalidRequest(
+                f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}", field="priority"
+            )
+        max_attempts = new.max_attempts or self.settings.max_attempts
+        if not 1 <= max_attempts <= 100:
+            raise InvalidRequest("max_attempts must be between 1 and 100", field="max_attempts")
+        if new.run_after is not None and new.run_after.tzinfo is None:
+            raise InvalidRequest("run_after must include a timezone", field="run_after")
+        return JobSpec(
+            new=NewJob(
+                type=new.type,
+                payload=payload,
+                priority=new.priority,
+                max_attempts=max_attempts,
+                idempotency_key=new.idempotency_key,
+                run_after=new.run_after,
+                issue_ref=new.issue_ref,
+                agent_profile=new.agent_profile,
+            ),
+            queue_name=self.settings.queue_for(new.type),
+            max_attempts=max_attempts,
+        )
+
+    async def submit(self, workspace_id: UUID, new: NewJob, *, actor: str) -> Submitted:
+        """Create one job (or return the existing one for a known idempotency key)."""
+        return (await self.submit_many(workspace_id, [new], actor=actor))[0]
+
+    async def submit_many(
+        self, workspace_id: UUID, jobs: Sequence[NewJob], *, actor: str
+    ) -> list[Submitted]:
+        """Create many jobs in one transaction; all are validated before any is stored."""
+        if len(jobs) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} jobs per batch", field="jobs")
+        specs = [self._spec(new) for new in jobs]
+        submitted = await self.store.create_jobs(workspace_id, specs, actor=actor)
+        created = [s.job for s in submitted if s.created]
+        if created:
+            await self.queue.notify_enqueued({j.queue_name for j in created})
+            log.debug("jobs_submitted", count=len(created), workspace_id=str(workspace_id))
+        return submitted
+
+    async def get(self, workspace_id: UUID, job_id: UUID) -> Job:
+        return await self.store.get_job(job_id, workspace_id=workspace_id)
+
+    async def list_jobs(
+        self,
+        workspace_id: UUID,
+        *,
+        status: JobStatus | None = None,
+        type_: str | None = None,
+        issue_ref: str | None = None,
+        before: UUID | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        return await self.store.list_jobs(
+            workspace_id,
+            status=status,
+            type_=type_,
+            issue_ref=issue_ref,
+            before=before,
+            limit=limit,
+        )
+
+    async def events(self, workspace_id: UUID, job_id: UUID, *, after: int = 0) -> list[Event]:
+        await self.store.get_job(job_id, workspace_id=workspace_id)  # 404 for a foreign job
+        return await self.store.list_events(job_id, after=after)
+
+    async def cancel(
+        self, workspace_id: UUID, job_id: UUID, *, actor: str, reason: str | None = None
+    ) -> Job:
+        job, previous = await self.store.cancel_job(
+            job_id, workspace_id=workspace_id, actor=actor, reason=reason
+        )
+        if previous is JobStatus.RUNNING:
+            await self.queue.notify_cancelled([job.id])
+        log.info("job_cancelled", job_id=str(job.id), previous_status=previous.value)
+        return job
+
+    async def retry(self, workspace_id: UUID, job_id: UUID, *, actor: str) -> Job:
+        job = await self.store.retry_job(job_id, workspace_id=workspace_id, actor=actor)
+        await self.queue.notify_enqueued([job.queue_name])
+        log.info("job_retried", job_id=str(job.id), attempt=job.attempt)
+        return job

@@ -1,0 +1,1 @@
+"""SQLAlchemy tables, Alembic migrations and the SQL job store (SQLite and Postgres)."""

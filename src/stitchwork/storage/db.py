@@ -1,0 +1,138 @@
+"""The database handle: engines for SQLite (embedded default) and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from stitchwork.errors import BackendUnavailable, ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """Two engines over one database: ``begin()`` for writes, ``read()`` for reads.
+
+    On SQLite the write engine holds a single connection and starts every transaction with
+    ``BEGIN IMMEDIATE``: writers queue in-process instead of racing for the file lock, and a
+    transaction never fails halfway when it upgrades from reading to writing. Readers use their
+    own connections and WAL snapshots, so they never wait for writers.
+    On Postgres both are the same pooled engine.
+    """
+
+    def __init__(self, url: str, *, search_path: str | None = None, pool_size: int = 10) -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"invalid database URL {url!r}: {exc}", field="database_url") from exc
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.drivername != "sqlite+aiosqlite":
+                raise ConfigError(
+                    "SQLite URLs must use the async driver: sqlite+aiosqlite:///path/to.db",
+                    field="database_url",
+                )
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
+            self.read_engine = _sqlite_engine(url, begin="BEGIN", pool_size=4)
+        elif self.dialect == "postgresql":
+            if parsed.drivername != "postgresql+asyncpg":
+                raise ConfigError(
+                    "Postgres URLs must use the async driver: postgresql+asyncpg://user@host/db",
+                    field="database_url",
+                )
+            connect_args: dict[str, Any] = {}
+            if search_path:
+                connect_args["server_settings"] = {"search_path": search_path}
+            self.engine = create_async_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                connect_args=connect_args,
+            )
+            self.read_engine = self.engine
+        else:
+            raise ConfigError(
+                f"unsupported database {self.dialect!r}: "
+                "use sqlite+aiosqlite or postgresql+asyncpg",
+                field="database_url",
+            )
+        self.search_path = search_path
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed on success and rolled back on error."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, OSError) as exc:
+            if _is_connection_error(exc):
+                raise BackendUnavailable(f"database unavailable: {exc}") from exc
+            raise
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only snapshot."""
+        try:
+            async with self.read_engine.connect() as conn:
+                yield conn
+        except (OperationalError, OSError) as exc:
+            if _is_connection_error(exc):
+                raise BackendUnavailable(f"database unavailable: {exc}") from exc
+            raise
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    return bool(getattr(exc, "connection_invalidated", False)) or "connect" in str(exc).lower()
+
+
+def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=60,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so "begin" below decides the mode.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine

@@ -1,0 +1,309 @@
+"""The SQL job store: submission, reads and user actions (cancel, retry) on ``runner_jobs``.
+
+Worker-side transitions (leases, completion, failure, sweeping) live in ``leases.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from stitchwork.clock import Clock
+from stitchwork.domain.events import Event, EventType
+from stitchwork.domain.jobs import (
+    CANCELLABLE_JOB_STATUSES,
+    RETRYABLE_JOB_STATUSES,
+    Job,
+    JobStatus,
+    NewJob,
+    check_transition,
+)
+from stitchwork.errors import InvalidTransition, NotFound
+from stitchwork.storage.db import Database
+from stitchwork.storage.leases import LeaseOperations
+from stitchwork.storage.rows import (
+    event_from_row,
+    event_row,
+    insert_events,
+    job_from_row,
+    transition_jobs,
+)
+from stitchwork.storage.tables import job_events, runner_jobs
+from stitchwork.storage.types import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A ``NewJob`` with every default resolved by the service layer."""
+
+    new: NewJob
+    queue_name: str
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job: Job
+    created: bool  # False when an idempotency key matched an existing job
+
+
+class SqlJobStore(LeaseOperations):
+    """``runner_jobs`` and ``job_events`` on SQLite or Postgres. The database is the truth."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def create_jobs(
+        self, workspace_id: UUID, specs: Sequence[JobSpec], *, actor: str
+    ) -> list[Submitted]:
+        """Insert jobs as ``queued`` with their ``job.created`` and ``job.queued`` events.
+
+        One transaction for the whole batch. A spec whose idempotency key already exists in the
+        workspace returns the existing job instead (``created=False``).
+        """
+        for attempt in range(2):
+            try:
+                async with self.db.begin() as conn:
+                    return await self._create_jobs(conn, workspace_id, specs, actor)
+            except IntegrityError:
+                # Two submitters raced on one idempotency key (Postgres only: SQLite writers
+                # are serialised). The loser's second pass finds the winner's row.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _create_jobs(
+        self, conn: AsyncConnection, workspace_id: UUID, specs: Sequence[JobSpec], actor: str
+    ) -> list[Submitted]:
+        now = self.clock.now()
+        keys = [s.new.idempotency_key for s in specs if s.new.idempotency_key]
+        existing: dict[str, Job] = {}
+        if keys:
+            rows = await conn.execute(
+                select(runner_jobs).where(
+                    runner_jobs.c.workspace_id == workspace_id,
+                    runner_jobs.c.idempotency_key.in_(keys),
+                )
+            )
+            existing = {r["idempotency_key"]: job_from_row(r) for r in rows.mappings()}
+
+        out: list[Submitted] = []
+        job_rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for spec in specs:
+            key = spec.new.idempotency_key
+            if key and key in existing:
+                out.append(Submitted(existing[key], created=False))
+                continue
+            new = spec.new
+            run_after = max(new.run_after, now) if new.run_after else now
+            job_id = new_id()
+            row: dict[str, Any] = {
+                "id": job_id,
+                "workspace_id": workspace_id,
+                "type": new.type,
+                "status": JobStatus.QUEUED.value,
+                "queue_name": spec.queue_name,
+                "priority": new.priority,
+                "payload": new.payload,
+                "result": None,
+                "error": None,
+                "progress_percent": 0,
+                "attempt": 1,
+                "max_attempts": spec.max_attempts,
+                "idempotency_key": key,
+                "version": 1,
+                "last_event_seq": 2,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "run_after": run_after,
+                "issue_ref": new.issue_ref,
+                "agent_profile": new.agent_profile,
+                "created_at": now,
+                "queued_at": now,
+                "started_at": None,
+                "completed_at": None,
+                "updated_at": now,
+            }
+            if key:
+                existing[key] = job_from_row(row)  # a key repeated within one batch
+            job_rows.append(row)
+            events.append(
+                event_row(
+                    job_id,
+                    1,
+                    EventType.JOB_CREATED,
+                    actor,
+                    {
+                        "status": JobStatus.PENDING.value,
+                        "type": new.type,
+                        "priority": new.priority,
+                        "issue_ref": new.issue_ref,
+                    },
+                    now,
+                )
+            )
+            events.append(
+                event_row(
+                    job_id,
+                    2,
+                    EventType.JOB_QUEUED,
+                    actor,
+                    {
+                        "status": JobStatus.QUEUED.value,
+                        "attempt": 1,
+                        "queue": spec.queue_name,
+                        "run_after": run_after.isoformat(),
+                    },
+                    now,
+                )
+            )
+            out.append(Submitted(job_from_row(row), created=True))
+        if job_rows:
+            await conn.execute(insert(runner_jobs), job_rows)
+            await insert_events(conn, events)
+        return out
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def find_job(self, job_id: UUID, *, workspace_id: UUID | None = None) -> Job | None:
+        stmt = select(runner_jobs).where(runner_jobs.c.id == job_id)
+        if workspace_id is not None:
+            stmt = stmt.where(runner_jobs.c.workspace_id == workspace_id)
+        async with self.db.read() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return job_from_row(row) if row else None
+
+    async def get_job(self, job_id: UUID, *, workspace_id: UUID | None = None) -> Job:
+        job = await self.find_job(job_id, workspace_id=workspace_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", job_id=str(job_id))
+        return job
+
+    async def list_jobs(
+        self,
+        workspace_id: UUID,
+        *,
+        status: JobStatus | None = None,
+        type_: str | None = None,
+        issue_ref: str | None = None,
+        before: UUID | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Newest first. ``before`` is the last id of the previous page (keyset pagination)."""
+        stmt = select(runner_jobs).where(runner_jobs.c.workspace_id == workspace_id)
+        if status is not None:
+            stmt = stmt.where(runner_jobs.c.status == status.value)
+        if type_ is not None:
+            stmt = stmt.where(runner_jobs.c.type == type_)
+        if issue_ref is not None:
+            stmt = stmt.where(runner_jobs.c.issue_ref == issue_ref)
+        if before is not None:
+            stmt = stmt.where(runner_jobs.c.id < before)
+        stmt = stmt.order_by(runner_jobs.c.id.desc()).limit(limit)
+        async with self.db.read() as conn:
+            return [job_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def list_events(self, job_id: UUID, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        stmt = (
+            select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.seq > after)
+            .order_by(job_events.c.seq)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def count_by_status(self, workspace_id: UUID | None = None) -> dict[JobStatus, int]:
+        stmt = select(runner_jobs.c.status, func.count()).group_by(runner_jobs.c.status)
+        if workspace_id is not None:
+            stmt = stmt.where(runner_jobs.c.workspace_id == workspace_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        counts = dict.fromkeys(JobStatus, 0)
+        counts.update({JobStatus(status): n for status, n in rows})
+        return counts
+
+    # -- user actions -------------------------------------------------------------------------
+
+    async def cancel_job(
+        self, job_id: UUID, *, workspace_id: UUID | None, actor: str, reason: str | None = None
+    ) -> tuple[Job, JobStatus]:
+        """Cancel a pending, queued or running job; returns it and its previous status.
+
+        A running job's worker is told separately (``QueueBackend.notify_cancelled``); its late
+        result is then dropped by the compare-and-set."""
+        async with self.db.begin() as conn:
+            job = await self._locked(conn, job_id, workspace_id)
+            check_transition(job.id, job.status, JobStatus.CANCELLED)
+            now = self.clock.now()
+            moved = await transition_jobs(
+                conn,
+                where=[runner_jobs.c.id == job.id, runner_jobs.c.version == job.version],
+                expected=CANCELLABLE_JOB_STATUSES,
+                to=JobStatus.CANCELLED,
+                now=now,
+                actor=actor,
+                event_type=EventType.JOB_CANCELLED,
+                event_payload={"previous_status": job.status.value, "reason": reason},
+                values={"lease_owner": None, "lease_expires_at": None, "completed_at": now},
+            )
+        return self._only(moved, job, JobStatus.CANCELLED), job.status
+
+    async def retry_job(self, job_id: UUID, *, workspace_id: UUID | None, actor: str) -> Job:
+        """Queue a failed or cancelled job again as a new attempt.
+
+        The attempt budget grows with it (``max_attempts >= attempt``) so that a manual retry
+        is never failed at once for having used up its automatic retries.
+        """
+        async with self.db.begin() as conn:
+            job = await self._locked(conn, job_id, workspace_id)
+            check_transition(job.id, job.status, JobStatus.QUEUED)
+            now = self.clock.now()
+            attempt = job.attempt + 1
+            moved = await transition_jobs(
+                conn,
+                where=[runner_jobs.c.id == job.id, runner_jobs.c.version == job.version],
+                expected=RETRYABLE_JOB_STATUSES,
+                to=JobStatus.QUEUED,
+                now=now,
+                actor=actor,
+                event_type=EventType.JOB_RETRIED,
+                event_payload={"previous_status": job.status.value, "reason": "manual"},
+                values={
+                    "attempt": attempt,
+                    "max_attempts": max(job.max_attempts, attempt),
+                    "error": None,
+                    "result": None,
+                    "progress_percent": 0,
+                    "queued_at": now,
+                    "run_after": now,
+                    "started_at": None,
+                    "completed_at": None,
+                },
+            )
+        return self._only(moved, job, JobStatus.QUEUED)
+
+    async def _locked(self, conn: AsyncConnection, job_id: UUID, workspace_id: UUID | None) -> Job:
+        stmt = select(runner_jobs).where(runner_jobs.c.id == job_id)
+        if workspace_id is not None:
+            stmt = stmt.where(runner_jobs.c.workspace_id == workspace_id)
+        row = (await conn.execute(stmt.with_for_update())).mappings().first()
+        if row is None:
+            raise NotFound(f"job {job_id} not found", job_id=str(job_id))
+        return job_from_row(row)
+
+    @staticmethod
+    def _only(moved: list[Job], before: Job, to: JobStatus) -> Job:
+        if not moved:  # only possible if the row lock was not honoured; never silently succeed
+            raise InvalidTransition(before.id, before.status.value, to.value, reason="lost a race")
+        return moved[0]

@@ -1,0 +1,309 @@
+"""Worker-side job transitions: lease renewal, completion, failure, release and the sweep.
+
+Every method is a compare-and-set on ``status = 'running' AND lease_owner = <worker>``: a worker
+that lost its job (cancelled, or its lease expired and another worker took it) gets nothing
+back and must drop its result. That is what makes a job never complete twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from sqlalchemy import BindParameter, bindparam, case, null, select, update
+
+from stitchwork.domain.events import EventType
+from stitchwork.domain.jobs import Job, JobStatus
+from stitchwork.storage.rows import event_row, insert_events, transition_jobs
+from stitchwork.storage.tables import runner_jobs
+from stitchwork.storage.types import json_type
+
+if TYPE_CHECKING:
+    from stitchwork.clock import Clock
+    from stitchwork.storage.db import Database
+
+RUNNING = frozenset({JobStatus.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    requeued: list[Job]
+    failed: list[Job]
+
+
+class LeaseOperations:
+    db: Database
+    clock: Clock
+
+    def _held(self, job_id: UUID, worker_id: str) -> list[Any]:
+        return [runner_jobs.c.id == job_id, runner_jobs.c.lease_owner == worker_id]
+
+    async def renew_leases(
+        self, worker_id: str, job_ids: Collection[UUID], lease: timedelta
+    ) -> set[UUID]:
+        """Extend the leases this worker still holds; returns those ids. A missing id means
+        the job was cancelled or taken over, and its handler must stop."""
+        if not job_ids:
+            return set()
+        stmt = (
+            update(runner_jobs)
+            .where(
+                runner_jobs.c.id.in_(list(job_ids)),
+                runner_jobs.c.lease_owner == worker_id,
+                runner_jobs.c.status == JobStatus.RUNNING.value,
+            )
+            .values(lease_expires_at=self.clock.now() + lease)
+            .returning(runner_jobs.c.id)
+        )
+        async with self.db.begin() as conn:
+            return set((await conn.execute(stmt)).scalars())
+
+    async def report_progress(self, job_id: UUID, worker_id: str, percent: int) -> bool:
+        """Record progress (0-100) and a ``job.progress`` event; False if the job was lost."""
+        now = self.clock.now()
+        stmt = (
+            update(runner_jobs)
+            .where(*self._held(job_id, worker_id), runner_jobs.c.status == JobStatus.RUNNING.value)
+            .values(
+                progress_percent=percent,
+                last_event_seq=runner_jobs.c.last_event_seq + 1,
+                updated_at=now,
+            )
+            .returning(runner_jobs.c.last_event_seq, runner_jobs.c.attempt)
+        )
+        async with self.db.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return False
+            payload = {"progress_percent": percent, "attempt": row.attempt}
+            await insert_events(
+                conn,
+                [
+                    event_row(
+                        job_id, row.last_event_seq, EventType.JOB_PROGRESS, worker_id, payload, now
+                    )
+                ],
+            )
+        return True
+
+    async def complete_jobs(
+        self, worker_id: str, results: Mapping[UUID, dict[str, Any] | None]
+    ) -> list[Job]:
+        """Complete many jobs in one transaction (the worker's group commit).
+
+        Returns the jobs that completed; an id missing from the answer was no longer this
+        worker's (cancelled or taken over) and its result is dropped.
+        """
+        if not results:
+            return []
+        now = self.clock.now()
+        distinct = {json.dumps(r, sort_keys=True) for r in results.values()}
+        result: Any
+        if len(distinct) == 1:
+            only = next(iter(results.values()))
+            result = only if only is not None else null()
+        else:
+            result = case(
+                *[(runner_jobs.c.id == job_id, _json_param(r)) for job_id, r in results.items()],
+                else_=null(),
+            )
+        async with self.db.begin() as conn:
+            return await transition_jobs(
+                conn,
+                where=[
+                    runner_jobs.c.id.in_(list(results)),
+                    runner_jobs.c.lease_owner == worker_id,
+                ],
+                expected=RUNNING,
+                to=JobStatus.COMPLETED,
+                now=now,
+                actor=worker_id,
+                event_type=EventType.JOB_COMPLETED,
+                values={
+                    "result": result,
+                    "error": None,
+                    "progress_percent": 100,
+                    "completed_at": now,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                },
+            )
+
+    async def complete_job(
+        self, job_id: UUID, worker_id: str, result: dict[str, Any] | None
+    ) -> Job | None:
+        done = await self.complete_jobs(worker_id, {job_id: result})
+        return done[0] if done else None
+
+    async def fail_job(
+        self,
+        job_id: UUID,
+        worker_id: str,
+        *,
+        error: str,
+        result: dict[str, Any] | None,
+        retry_after: timedelta | None,
+    ) -> Job | None:
+        """Record a failed attempt: back to the queue after ``retry_after`` (``job.retried``,
+        attempt + 1) or, when ``retry_after`` is None, terminally ``failed`` (``job.failed``)."""
+        now = self.clock.now()
+        async with self.db.begin() as conn:
+            if retry_after is not None:
+                moved = await transition_jobs(
+                    conn,
+                    where=self._held(job_id, worker_id),
+                    expected=RUNNING,
+                    to=JobStatus.QUEUED,
+                    now=now,
+                    actor=worker_id,
+                    event_type=EventType.JOB_RETRIED,
+                    event_payload={
+                        "reason": "failed",
+                        "error": error,
+                        "delay_s": round(retry_after.total_seconds(), 3),
+                    },
+                    values={
+                        "attempt": runner_jobs.c.attempt + 1,
+                        "error": error,
+                        "result": result,
+                        "progress_percent": 0,
+                        "queued_at": now,
+                        "run_after": now + retry_after,
+                        "lease_owner": None,
+                        "lease_expires_at": None,
+                    },
+                )
+            else:
+                moved = await transition_jobs(
+                    conn,
+                    where=self._held(job_id, worker_id),
+                    expected=RUNNING,
+                    to=JobStatus.FAILED,
+                    now=now,
+                    actor=worker_id,
+                    event_type=EventType.JOB_FAILED,
+                    event_payload={"error": error},
+                    values={
+                        "error": error,
+                        "result": result,
+                        "completed_at": now,
+                        "lease_owner": None,
+                        "lease_expires_at": None,
+                    },
+                )
+        return moved[0] if moved else None
+
+    async def release_jobs(
+        self, worker_id: str, job_ids: Collection[UUID], *, reason: str = "shutdown"
+    ) -> list[Job]:
+        """Give running jobs back to the queue unchanged (same attempt): used by a worker that
+        shuts down before its handlers finished. Emits ``job.requeued``."""
+        if not job_ids:
+            return []
+        now = self.clock.now()
+        async with self.db.begin() as conn:
+            return await transition_jobs(
+                conn,
+                where=[
+                    runner_jobs.c.id.in_(list(job_ids)),
+                    runner_jobs.c.lease_owner == worker_id,
+                ],
+                expected=RUNNING,
+                to=JobStatus.QUEUED,
+                now=now,
+                actor=worker_id,
+                event_type=EventType.JOB_REQUEUED,
+                event_payload={"reason": reason, "previous_owner": worker_id},
+                values={
+                    "queued_at": now,
+                    "run_after": now,
+                    "progress_percent": 0,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                },
+            )
+
+    async def expire_leases(self, *, actor: str, limit: int = 500) -> SweepResult:
+        """Re-queue running jobs whose lease expired (their worker is gone) with attempt + 1,
+        or fail them when no attempt is left. Safe to run from many processes at once."""
+        now = self.clock.now()
+        candidates = (
+            select(
+                runner_jobs.c.id,
+                runner_jobs.c.lease_owner,
+                runner_jobs.c.attempt,
+                runner_jobs.c.max_attempts,
+            )
+            .where(
+                runner_jobs.c.status == JobStatus.RUNNING.value,
+                runner_jobs.c.lease_expires_at < now,
+            )
+            .order_by(runner_jobs.c.lease_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        requeued: list[Job] = []
+        failed: list[Job] = []
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(candidates)).all()
+            for row in rows:
+                # The lease check is repeated in the UPDATE: a heartbeat that renewed the lease
+                # after the SELECT wins, and the job is left alone.
+                where = [
+                    runner_jobs.c.id == row.id,
+                    runner_jobs.c.lease_owner == row.lease_owner,
+                    runner_jobs.c.lease_expires_at < now,
+                ]
+                payload = {"reason": "lease_expired", "previous_owner": row.lease_owner}
+                if row.attempt < row.max_attempts:
+                    requeued += await transition_jobs(
+                        conn,
+                        where=where,
+                        expected=RUNNING,
+                        to=JobStatus.QUEUED,
+                        now=now,
+                        actor=actor,
+                        event_type=EventType.JOB_REQUEUED,
+                        event_payload=payload,
+                        values={
+                            "attempt": runner_jobs.c.attempt + 1,
+                            "queued_at": now,
+                            "run_after": now,
+                            "progress_percent": 0,
+                            "lease_owner": None,
+                            "lease_expires_at": None,
+                        },
+                    )
+                else:
+                    error = (
+                        f"worker {row.lease_owner} stopped responding (lease expired) "
+                        f"on attempt {row.attempt} of {row.max_attempts}"
+                    )
+                    failed += await transition_jobs(
+                        conn,
+                        where=where,
+                        expected=RUNNING,
+                        to=JobStatus.FAILED,
+                        now=now,
+                        actor=actor,
+                        event_type=EventType.JOB_FAILED,
+                        event_payload={**payload, "error": error},
+                        values={
+                            "error": error,
+                            "completed_at": now,
+                            "lease_owner": None,
+                            "lease_expires_at": None,
+                        },
+                    )
+        return SweepResult(requeued=requeued, failed=failed)
+
+
+def _json_param(value: dict[str, Any] | None) -> Any:
+    if value is None:
+        return null()
+    param: BindParameter[Any] = bindparam(None, value, type_=json_type())
+    return param
