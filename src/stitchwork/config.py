@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     queue_url: str = "sql://"
 
+    api_url: str = Field(default="", description="where CLI commands reach the API")
+    api_key: str = Field(default="", repr=False, description="key CLI commands send")
+    log_level: str = "info"
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

@@ -49,6 +49,21 @@ def check_transition(job_id: object, from_: JobStatus, to: JobStatus) -> None:
         raise InvalidTransition(job_id, from_.value, to.value, reason=_why_not(from_, to))
 
 
+def check_retry(job_id: object, from_: JobStatus) -> None:
+    """Raise ``InvalidTransition`` unless a job in ``from_`` may be retried by a user.
+
+    Stricter than ``check_transition(from_, QUEUED)``: running -> queued is the worker's and the
+    sweeper's re-queue, never a manual retry.
+    """
+    if from_ not in RETRYABLE_JOB_STATUSES:
+        raise InvalidTransition(
+            job_id,
+            from_.value,
+            JobStatus.QUEUED.value,
+            reason=f"only failed or cancelled jobs can be retried; this one is {from_.value}",
+        )
+
+
 def _why_not(from_: JobStatus, to: JobStatus) -> str:
     if from_ in TERMINAL_JOB_STATUSES and to is JobStatus.CANCELLED:
         return f"the job already ended ({from_.value})"

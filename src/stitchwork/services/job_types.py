@@ -90,6 +90,14 @@ class JobTypeCatalog:
             model = job_type.payload_model.model_validate(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in ("payload", *first["loc"]))
+            # Union errors carry the member's type name in loc ('command', 'str'): drop it.
+            path = [str(p) for p in first["loc"] if not _is_type_tag(p)]
+            where = ".".join(["payload", *path])
             raise InvalidRequest(f"{where}: {first['msg']}", field=where) from exc
         return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (
+        "[" in part or part in {"str", "int", "float", "bool", "list", "dict"}
+    )

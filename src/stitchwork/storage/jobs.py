@@ -22,6 +22,7 @@ from stitchwork.domain.jobs import (
     Job,
     JobStatus,
     NewJob,
+    check_retry,
     check_transition,
 )
 from stitchwork.errors import InvalidTransition, NotFound
@@ -267,7 +268,7 @@ class SqlJobStore(LeaseOperations):
         """
         async with self.db.begin() as conn:
             job = await self._locked(conn, job_id, workspace_id)
-            check_transition(job.id, job.status, JobStatus.QUEUED)
+            check_retry(job.id, job.status)
             now = self.clock.now()
             attempt = job.attempt + 1
             moved = await transition_jobs(

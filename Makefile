@@ -1,0 +1,46 @@
+# The one entry point for the README, CI and developers.
+# `make demo` and `make test` create the virtualenv and install the locked dependencies first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo serve test lint typecheck pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	@$(BIN)/uv sync --frozen --inexact --all-extras --quiet
+	@touch $@
+
+demo: $(STAMP)  ## the main job: jobs through the embedded engine, shown live
+	$(BIN)/stitchwork demo
+
+serve: $(STAMP)
+	$(BIN)/stitchwork serve
+
+test: lint typecheck pytest  ## what CI runs
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: for this project that is a broken run, not a pass.
+pytest: $(STAMP)
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run"; exit 1; fi; \
+	exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python bench/queue.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,120 @@
+"""``/api/v1/jobs``: submit, list, show, cancel, retry, and a job's events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from stitchwork.api.deps import EngineDep, PrincipalDep
+from stitchwork.api.schemas import EventPublic, JobCreate, JobPage, JobPublic
+from stitchwork.domain.jobs import JobStatus, NewJob
+from stitchwork.errors import InvalidRequest
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={200: {"description": "idempotent replay: the job created earlier with this key"}},
+)
+async def submit_job(
+    body: JobCreate,
+    engine: EngineDep,
+    principal: PrincipalDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    """Submit a job. Repeating a request with the same idempotency key (body field or
+    ``Idempotency-Key`` header) returns the job created the first time, with status 200."""
+    key = body.idempotency_key
+    if idempotency_key and key and idempotency_key != key:
+        raise InvalidRequest(
+            "the Idempotency-Key header and the idempotency_key field differ",
+            field="idempotency_key",
+        )
+    submitted = await engine.jobs.submit(
+        principal.workspace_id,
+        NewJob(
+            type=body.type,
+            payload=body.payload,
+            priority=body.priority,
+            max_attempts=body.max_attempts,
+            idempotency_key=key or idempotency_key,
+            run_after=body.run_after,
+            issue_ref=body.issue_ref,
+            agent_profile=body.agent_profile,
+        ),
+        actor=principal.actor,
+    )
+    response.headers["Location"] = f"/api/v1/jobs/{submitted.job.id}"
+    if not submitted.created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobPublic.of(submitted.job)
+
+
+@router.get("", response_model=JobPage)
+async def list_jobs(
+    engine: EngineDep,
+    principal: PrincipalDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    type_: Annotated[str | None, Query(alias="type", max_length=100)] = None,
+    issue_ref: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    """Jobs of the caller's workspace, newest first."""
+    before = None
+    if cursor:
+        try:
+            before = UUID(cursor)
+        except ValueError:
+            raise InvalidRequest("cursor is not a valid page cursor", field="cursor") from None
+    jobs = await engine.jobs.list_jobs(
+        principal.workspace_id,
+        status=status_,
+        type_=type_,
+        issue_ref=issue_ref,
+        before=before,
+        limit=limit,
+    )
+    next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
+    return JobPage(items=[JobPublic.of(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+async def get_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
+    return JobPublic.of(await engine.jobs.get(principal.workspace_id, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+async def cancel_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
+    """Cancel a pending, queued or running job (a running handler is told to stop). 409 if
+    the job already ended."""
+    return JobPublic.of(
+        await engine.jobs.cancel(principal.workspace_id, job_id, actor=principal.actor)
+    )
+
+
+@router.post("/{job_id}/retry", response_model=JobPublic)
+async def retry_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
+    """Queue a failed or cancelled job again as a new attempt. 409 otherwise."""
+    return JobPublic.of(
+        await engine.jobs.retry(principal.workspace_id, job_id, actor=principal.actor)
+    )
+
+
+@router.get("/{job_id}/events", response_model=list[EventPublic])
+async def job_events(
+    job_id: UUID,
+    engine: EngineDep,
+    principal: PrincipalDep,
+    after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+) -> list[EventPublic]:
+    """The job's events in ``seq`` order."""
+    events = await engine.jobs.events(principal.workspace_id, job_id, after=after)
+    return [EventPublic.of(e) for e in events]

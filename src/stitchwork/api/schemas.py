@@ -1,0 +1,120 @@
+"""Wire models: ``*Create`` come in, ``*Public`` go out. Never the domain or row classes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stitchwork.domain.events import Event
+from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus
+from stitchwork.queue.base import QueueInfo
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100, description="a registered job type")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="higher first")
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    run_after: datetime | None = Field(default=None, description="do not start before (UTC)")
+    issue_ref: str | None = Field(default=None, max_length=300)
+    agent_profile: str | None = Field(default=None, max_length=100)
+
+
+class JobPublic(BaseModel):
+    id: UUID
+    workspace_id: UUID
+    type: str
+    status: JobStatus
+    queue: str
+    priority: int
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    progress_percent: int
+    attempt: int
+    max_attempts: int
+    idempotency_key: str | None
+    version: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    run_after: datetime | None
+    issue_ref: str | None
+    agent_profile: str | None
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            workspace_id=job.workspace_id,
+            type=job.type,
+            status=job.status,
+            queue=job.queue_name,
+            priority=job.priority,
+            payload=job.payload,
+            result=job.result,
+            error=job.error,
+            progress_percent=job.progress_percent,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            idempotency_key=job.idempotency_key,
+            version=job.version,
+            lease_owner=job.lease_owner,
+            lease_expires_at=job.lease_expires_at,
+            run_after=job.run_after,
+            issue_ref=job.issue_ref,
+            agent_profile=job.agent_profile,
+            created_at=job.created_at,
+            queued_at=job.queued_at,
+            started_at=job.started_at,
+            completed_at=job.completed_at,
+            updated_at=job.updated_at,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class EventPublic(BaseModel):
+    id: int
+    job_id: UUID | None
+    seq: int
+    type: str
+    actor: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, event: Event) -> EventPublic:
+        return cls(
+            id=event.id,
+            job_id=event.job_id,
+            seq=event.seq,
+            type=event.type,
+            actor=event.actor,
+            payload=event.payload,
+            created_at=event.created_at,
+        )
+
+
+class QueuePublic(BaseModel):
+    name: str
+    paused: bool
+    queued: int
+    running: int
+
+    @classmethod
+    def of(cls, info: QueueInfo) -> QueuePublic:
+        return cls(name=info.name, paused=info.paused, queued=info.queued, running=info.running)

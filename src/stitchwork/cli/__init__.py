@@ -1,0 +1,1 @@
+"""The ``stitchwork`` command line (Typer + Rich)."""

@@ -1,0 +1,83 @@
+"""Run the API (uvicorn), a worker and the lease sweeper in one process and one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import uvicorn
+
+from stitchwork.api.app import create_app
+from stitchwork.runtime.engine import Engine
+from stitchwork.runtime.worker import Worker
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT and shuts
+    the worker down gracefully alongside the server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Running:
+    url: str
+    server: uvicorn.Server
+    worker: Worker | None
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.worker is not None:
+            self.worker.stop()
+
+
+@asynccontextmanager
+async def run_embedded(
+    engine: Engine, *, host: str, port: int, with_worker: bool = True
+) -> AsyncIterator[Running]:
+    """Start API (+ worker + sweeper); yields once the server listens; stops all on exit."""
+    app = create_app(engine)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+    )
+    server = _EmbeddedServer(config)
+    worker = engine.worker() if with_worker else None
+    tasks = [asyncio.create_task(server.serve(), name="api")]
+    if worker is not None:
+        tasks.append(asyncio.create_task(worker.run(), name="worker"))
+    tasks.append(asyncio.create_task(engine.sweeper().run(), name="sweeper"))
+    try:
+        while not server.started:
+            if tasks[0].done():  # failed to bind: surface the error
+                await tasks[0]
+                raise OSError(f"could not listen on {host}:{port}")
+            await asyncio.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()
+        running = Running(url=f"http://{host}:{bound[1]}", server=server, worker=worker)
+        yield running
+    finally:
+        server.should_exit = True
+        if worker is not None:
+            worker.stop()
+        await asyncio.gather(*tasks[:-1], return_exceptions=True)
+        tasks[-1].cancel()
+        await asyncio.gather(tasks[-1], return_exceptions=True)
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
