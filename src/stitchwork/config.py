@@ -10,6 +10,16 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8420
+DURATION_FIELDS = (
+    "lease",
+    "heartbeat_interval",
+    "sweep_interval",
+    "poll_interval",
+    "shutdown_grace",
+    "cancel_grace",
+    "backoff_base",
+    "backoff_max",
+)
 
 
 def default_data_dir() -> Path:
@@ -50,6 +60,17 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="job type -> queue name; types not listed go to the 'default' queue",
     )
+
+    @field_validator(*DURATION_FIELDS, mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        # Environment variables arrive as text: "2.5" means seconds, like a bare number does.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @field_validator("lease", "heartbeat_interval", "sweep_interval", "poll_interval")
     @classmethod
