@@ -72,7 +72,9 @@ class Backend:
         return Settings(**values)
 
     async def open_engine(self, clock: Clock | None = None, **overrides: Any) -> Engine:
-        return await Engine.open(self.settings(**overrides), clock=clock, search_path=self.search_path)
+        return await Engine.open(
+            self.settings(**overrides), clock=clock, search_path=self.search_path
+        )
 
 
 async def _pg_schema(action: str, schema: str) -> None:

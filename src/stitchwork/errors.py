@@ -39,7 +39,7 @@ class InvalidTransition(Conflict):
         message = f"cannot move {entity_id} from {from_!r} to {to!r}"
         if reason:
             message = f"{message}: {reason}"
-        super().__init__(message, entity_id=str(entity_id), from_=from_, to=to)
+        super().__init__(message, entity_id=str(entity_id), from_status=from_, to_status=to)
         self.entity_id = entity_id
         self.from_ = from_
         self.to = to

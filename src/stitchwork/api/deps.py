@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from stitchwork.errors import Unauthorized
 from stitchwork.runtime.engine import Engine
 from stitchwork.services.auth import Principal
 
@@ -21,7 +22,8 @@ async def get_principal(
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if header and scheme.lower() != "bearer":
-        token = ""
+        # Never echo the header: it may be a bare key sent without the scheme.
+        raise Unauthorized("unsupported Authorization scheme: send 'Authorization: Bearer <key>'")
     return await engine.auth.authenticate(token.strip() or None)
 
 

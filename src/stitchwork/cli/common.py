@@ -19,10 +19,15 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_setting_name(e['loc'])}: {e['msg']}" for e in exc.errors())
         fail(f"invalid configuration: {problems}", code=2)
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable a user would set, e.g. STITCHWORK_WORKER_CONCURRENCY."""
+    if not loc:
+        return "settings"
+    return "STITCHWORK_" + str(loc[0]).upper()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

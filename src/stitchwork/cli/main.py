@@ -14,7 +14,7 @@ from stitchwork.cli import queues as queues_cmd
 from stitchwork.cli.client import Credentials
 from stitchwork.cli.common import load_settings, run
 from stitchwork.cli.logs import configure_logging
-from stitchwork.cli.output import console
+from stitchwork.cli.output import console, fail
 from stitchwork.cli.server import run_embedded, wait_for_signal
 from stitchwork.config import Settings
 from stitchwork.errors import StitchworkError
@@ -158,7 +158,7 @@ def db_upgrade(
 
 @db_app.command("current")
 def db_current() -> None:
-    """Show the schema revision and whether it is the newest."""
+    """Show the schema revision; exit code 1 if it is not the newest."""
     settings = load_settings()
 
     async def _run() -> str | None:
@@ -169,8 +169,11 @@ def db_current() -> None:
             await db.dispose()
 
     current, head = run(_run()), head_revision()
-    state = "up to date" if current == head else f"behind (newest is {head})"
-    console.print(f"revision {current or 'none'}: {state}")
+    if current != head:
+        fail(
+            f"schema at revision {current or 'none'}, newest is {head}: run `stitchwork db upgrade`"
+        )
+    console.print(f"revision {current}: up to date")
 
 
 @keys_app.command("create")

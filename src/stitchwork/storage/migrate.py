@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from stitchwork.storage.db import Database
 
@@ -29,13 +29,23 @@ def head_revision() -> str:
     return head
 
 
+# Any constant: every process that migrates takes the same Postgres advisory lock.
+MIGRATION_LOCK_ID = 0x5717C4
+
+
 async def upgrade(db: Database, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (default: the newest)."""
+    """Bring the schema to ``revision`` (default: the newest).
+
+    Safe when several processes start at once: on Postgres they queue on an advisory lock
+    held for the migration's transaction; SQLite's ``BEGIN IMMEDIATE`` serialises them.
+    """
 
     def _run(connection: Connection) -> None:
         command.upgrade(alembic_config(connection), revision)
 
     async with db.begin() as conn:
+        if db.is_postgres:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         await conn.run_sync(_run)
 
 

@@ -80,9 +80,10 @@ async def list_jobs(
         type_=type_,
         issue_ref=issue_ref,
         before=before,
-        limit=limit,
+        limit=limit + 1,  # one more than asked tells whether a next page exists
     )
-    next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
+    next_cursor = str(jobs[limit - 1].id) if len(jobs) > limit else None
+    jobs = jobs[:limit]
     return JobPage(items=[JobPublic.of(j) for j in jobs], next_cursor=next_cursor)
 
 
