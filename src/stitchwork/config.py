@@ -79,6 +79,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration")
         return value
 
+    @field_validator("shutdown_grace", "cancel_grace", "backoff_base", "backoff_max")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.heartbeat_interval >= self.lease:

@@ -125,10 +125,14 @@ class SqlQueue:
         )
         if queues is not None:
             due = due.where(runner_jobs.c.queue_name.in_(list(queues)))
+        # A MATERIALIZED CTE, not ``id IN (subquery)``: Postgres may run that subquery as the
+        # inner side of a nested loop, re-executing it per row; each re-run skips the rows this
+        # statement already locked and returns the next ones, so LIMIT was not honoured.
+        due_cte = due.cte("due").prefix_with("MATERIALIZED")
         async with self.db.begin() as conn:
             jobs = await transition_jobs(
                 conn,
-                where=[runner_jobs.c.id.in_(due.scalar_subquery())],
+                where=[runner_jobs.c.id == due_cte.c.id],
                 expected={JobStatus.QUEUED},
                 to=JobStatus.RUNNING,
                 now=now,

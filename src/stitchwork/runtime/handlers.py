@@ -93,7 +93,8 @@ async def shell(ctx: JobContext) -> dict[str, Any] | None:
             if match:
                 await ctx.progress(int(match.group(1)))
             else:
-                tail.add(line.decode(errors="replace"))
+                # NUL is valid UTF-8 but Postgres cannot store it in JSON or text columns.
+                tail.add(line.decode(errors="replace").replace("\x00", "\ufffd"))
 
     pump_task = asyncio.create_task(pump())
     stop_task = asyncio.create_task(ctx.stop_requested.wait())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import random
 import socket
@@ -42,6 +43,27 @@ class _Running:
     task: asyncio.Task[None] | None = None
     stopping: bool = False
     killer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def _unstorable(result: object) -> str | None:
+    """Why ``result`` cannot be stored as a JSON column on every backend, or None if it can."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"a result that is not JSON ({exc})"
+    if _has_nul(result):
+        return "a result containing NUL characters, which Postgres cannot store"
+    return None
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class _Completer:
@@ -199,6 +221,11 @@ class Worker:
             if running.stopping:
                 jlog.info("job_stopped")
                 return
+            problem = _unstorable(result)
+            if problem:
+                # Refused here, not by the database: an unstorable result would fail the whole
+                # group commit and leave every job in it running until its lease expired.
+                raise JobFailed(f"handler returned {problem}", retryable=False)
             try:
                 completed = await self._completer.complete(job.id, result)
             except Exception:
@@ -212,7 +239,11 @@ class Worker:
                 raise
             jlog.info("job_stopped", forced=True)
         except JobFailed as exc:
-            await self._fail(running, str(exc), exc.result, retryable=exc.retryable, jlog=jlog)
+            error, result = str(exc), exc.result
+            problem = _unstorable(result)
+            if problem:
+                error, result = f"{error} (result dropped: {problem})", None
+            await self._fail(running, error, result, retryable=exc.retryable, jlog=jlog)
         except Exception as exc:
             jlog.exception("handler_crashed")
             await self._fail(running, f"{type(exc).__name__}: {exc}", None, True, jlog=jlog)

@@ -39,7 +39,7 @@ class JobService:
             raise InvalidRequest(
                 f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}", field="priority"
             )
-        max_attempts = new.max_attempts or self.settings.max_attempts
+        max_attempts = self.settings.max_attempts if new.max_attempts is None else new.max_attempts
         if not 1 <= max_attempts <= 100:
             raise InvalidRequest("max_attempts must be between 1 and 100", field="max_attempts")
         if new.run_after is not None and new.run_after.tzinfo is None:
