@@ -19,6 +19,8 @@ DURATION_FIELDS = (
     "cancel_grace",
     "backoff_base",
     "backoff_max",
+    "sse_ping_interval",
+    "ws_auth_timeout",
 )
 
 
@@ -51,6 +53,14 @@ class Settings(BaseSettings):
     shutdown_grace: timedelta = timedelta(seconds=30)
     cancel_grace: timedelta = timedelta(seconds=5)
 
+    sse_ping_interval: timedelta = timedelta(seconds=15)
+    subscriber_buffer: int = Field(
+        default=10_000,
+        ge=10,
+        description="events buffered per live subscriber before it is dropped",
+    )
+    ws_auth_timeout: timedelta = timedelta(seconds=10)
+
     max_attempts: int = Field(default=3, ge=1, le=100)
     backoff_base: timedelta = timedelta(seconds=1)
     backoff_max: timedelta = timedelta(minutes=5)
@@ -72,7 +82,14 @@ class Settings(BaseSettings):
                 return value
         return value
 
-    @field_validator("lease", "heartbeat_interval", "sweep_interval", "poll_interval")
+    @field_validator(
+        "lease",
+        "heartbeat_interval",
+        "sweep_interval",
+        "poll_interval",
+        "sse_ping_interval",
+        "ws_auth_timeout",
+    )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

@@ -46,6 +46,11 @@ class EventType(StrEnum):
     LOCK_CONTENDED = "lock.contended"
 
 
+TERMINAL_JOB_EVENTS = frozenset(
+    {EventType.JOB_COMPLETED.value, EventType.JOB_FAILED.value, EventType.JOB_CANCELLED.value}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One append-only ``job_events`` row."""
@@ -59,3 +64,8 @@ class Event:
     created_at: datetime
     step_id: UUID | None = None
     execution_id: UUID | None = None
+    workspace_id: UUID | None = None
+
+    @property
+    def is_job_terminal(self) -> bool:
+        return self.type in TERMINAL_JOB_EVENTS

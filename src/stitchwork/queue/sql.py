@@ -25,7 +25,7 @@ from stitchwork.domain.events import EventType
 from stitchwork.domain.jobs import Job, JobStatus
 from stitchwork.queue.base import CancelListener, QueueInfo
 from stitchwork.storage.db import Database
-from stitchwork.storage.rows import transition_jobs
+from stitchwork.storage.rows import EventWriter, transition_jobs
 from stitchwork.storage.tables import queue_states, runner_jobs
 
 log = structlog.get_logger(__name__)
@@ -35,9 +35,10 @@ CANCEL_CHANNEL = "stitchwork_cancel"
 
 
 class SqlQueue:
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
+    def __init__(self, writer: EventWriter) -> None:
+        self.writer = writer
+        self.db: Database = writer.db
+        self.clock: Clock = writer.clock
         self._wake = asyncio.Event()
         self._cancel_listeners: list[CancelListener] = []
         self._listener: Any = None  # asyncpg connection holding LISTEN
@@ -129,9 +130,9 @@ class SqlQueue:
         # inner side of a nested loop, re-executing it per row; each re-run skips the rows this
         # statement already locked and returns the next ones, so LIMIT was not honoured.
         due_cte = due.cte("due").prefix_with("MATERIALIZED")
-        async with self.db.begin() as conn:
+        async with self.writer.write() as tx:
             jobs = await transition_jobs(
-                conn,
+                tx,
                 where=[runner_jobs.c.id == due_cte.c.id],
                 expected={JobStatus.QUEUED},
                 to=JobStatus.RUNNING,
@@ -198,12 +199,12 @@ class SqlQueue:
         ]
 
 
-def create_queue(url: str, db: Database, clock: Clock) -> SqlQueue:
+def create_queue(url: str, writer: EventWriter) -> SqlQueue:
     """Build the queue backend ``url`` names. ``sql://`` is the only one so far."""
     from stitchwork.errors import ConfigError
 
     if url.rstrip("/") in {"sql:", "sql:/"}:
-        return SqlQueue(db, clock)
+        return SqlQueue(writer)
     raise ConfigError(
         f"unsupported queue_url {url!r}: this version supports sql:// (the job table) only",
         field="queue_url",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from stitchwork.bus.memory import InProcessBus
 from stitchwork.clock import Clock, SystemClock
 from stitchwork.config import Settings
 from stitchwork.queue.base import QueueBackend
@@ -26,6 +27,8 @@ from stitchwork.storage.auth import SqlAuthStore
 from stitchwork.storage.db import Database
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.migrate import upgrade
+from stitchwork.storage.rows import EventWriter
+from stitchwork.storage.steps import SqlStepStore
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +38,9 @@ class Engine:
     settings: Settings
     clock: Clock
     db: Database
+    bus: InProcessBus
     store: SqlJobStore
+    steps: SqlStepStore
     queue: QueueBackend
     catalog: JobTypeCatalog
     jobs: JobService
@@ -53,24 +58,29 @@ class Engine:
         """Connect, bring the schema up to date (unless ``migrate=False``) and start the queue."""
         clock = clock or SystemClock()
         db = Database(settings.database_url, search_path=search_path)
+        bus = InProcessBus(default_buffer=settings.subscriber_buffer)
+        writer = EventWriter(db, clock, bus)
         try:
             if migrate:
                 await upgrade(db)
-            queue = create_queue(settings.queue_url, db, clock)
+            queue = create_queue(settings.queue_url, writer)
             await queue.start()
         except BaseException:
             await db.dispose()
             raise
-        store = SqlJobStore(db, clock)
+        store = SqlJobStore(writer)
+        steps = SqlStepStore(writer)
         catalog = JobTypeCatalog()
         return cls(
             settings=settings,
             clock=clock,
             db=db,
+            bus=bus,
             store=store,
+            steps=steps,
             queue=queue,
             catalog=catalog,
-            jobs=JobService(store, queue, catalog, settings),
+            jobs=JobService(store, steps, queue, catalog, settings),
             auth=AuthService(SqlAuthStore(db, clock)),
         )
 
@@ -88,6 +98,7 @@ class Engine:
     ) -> Worker:
         return Worker(
             store=self.store,
+            steps=self.steps,
             queue=self.queue,
             handlers=handlers if handlers is not None else BUILTIN_HANDLERS,
             settings=self.settings,

@@ -26,6 +26,7 @@ from stitchwork.domain.retry import RetryPolicy, should_retry
 from stitchwork.queue.base import QueueBackend
 from stitchwork.runtime.context import Handler, JobContext, JobFailed
 from stitchwork.storage.jobs import SqlJobStore
+from stitchwork.storage.steps import SqlStepStore
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,7 @@ class Worker:
         self,
         *,
         store: SqlJobStore,
+        steps: SqlStepStore,
         queue: QueueBackend,
         handlers: Mapping[str, Handler],
         settings: Settings,
@@ -123,6 +125,7 @@ class Worker:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
+        self.steps = steps
         self.queue = queue
         self.handlers = dict(handlers)
         self.settings = settings
@@ -194,7 +197,12 @@ class Worker:
                 await self._kick.wait()
 
     def _start(self, job: Job) -> None:
-        ctx = JobContext(job, functools.partial(self._progress, job.id))
+        ctx = JobContext(
+            job,
+            functools.partial(self._progress, job.id),
+            steps=self.steps,
+            worker_id=self.worker_id,
+        )
         running = _Running(job=job, ctx=ctx)
         self._running[job.id] = running
         running.task = asyncio.create_task(self._execute(running), name=f"job:{job.id}")

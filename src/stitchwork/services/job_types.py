@@ -54,6 +54,17 @@ class ShellPayload(BaseModel):
         return value
 
 
+class EmitPayload(BaseModel):
+    """Writes exactly ``count`` numbered output events (ordering tests, fan-out benchmark)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(default=100, ge=1, le=1_000_000)
+    rate_per_s: float | None = Field(default=None, gt=0, le=100_000)
+    batch: int = Field(default=100, ge=1, le=1000)
+    prefix: str = Field(default="event ", max_length=100)
+
+
 @dataclass(frozen=True, slots=True)
 class JobType:
     name: str
@@ -65,6 +76,7 @@ BUILTIN_JOB_TYPES = (
     JobType("shell", ShellPayload, "run a command with a timeout; captures exit code and output"),
     JobType("noop", NoopPayload, "complete at once (benchmarks)"),
     JobType("sleep", SleepPayload, "wait, reporting progress (tests and demos)"),
+    JobType("emit", EmitPayload, "write numbered output events (tests and benchmarks)"),
 )
 
 

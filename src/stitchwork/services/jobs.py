@@ -10,10 +10,12 @@ import structlog
 from stitchwork.config import Settings
 from stitchwork.domain.events import Event
 from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NewJob
+from stitchwork.domain.steps import Step
 from stitchwork.errors import InvalidRequest
 from stitchwork.queue.base import QueueBackend
 from stitchwork.services.job_types import JobTypeCatalog
 from stitchwork.storage.jobs import JobSpec, SqlJobStore, Submitted
+from stitchwork.storage.steps import SqlStepStore
 
 log = structlog.get_logger(__name__)
 
@@ -24,11 +26,13 @@ class JobService:
     def __init__(
         self,
         store: SqlJobStore,
+        steps: SqlStepStore,
         queue: QueueBackend,
         catalog: JobTypeCatalog,
         settings: Settings,
     ) -> None:
         self.store = store
+        self.step_store = steps
         self.queue = queue
         self.catalog = catalog
         self.settings = settings
@@ -99,9 +103,38 @@ class JobService:
             limit=limit,
         )
 
-    async def events(self, workspace_id: UUID, job_id: UUID, *, after: int = 0) -> list[Event]:
+    async def events(
+        self,
+        workspace_id: UUID,
+        job_id: UUID,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+    ) -> list[Event]:
         await self.store.get_job(job_id, workspace_id=workspace_id)  # 404 for a foreign job
-        return await self.store.list_events(job_id, after=after)
+        return await self.store.list_events(job_id, after=after, limit=limit, types=types)
+
+    async def workspace_events(
+        self,
+        workspace_id: UUID,
+        *,
+        after_id: int = 0,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+        job_id: UUID | None = None,
+    ) -> list[Event]:
+        return await self.store.list_workspace_events(
+            workspace_id, after_id=after_id, limit=limit, types=types, job_id=job_id
+        )
+
+    async def steps(self, workspace_id: UUID, job_id: UUID) -> list[Step]:
+        await self.store.get_job(job_id, workspace_id=workspace_id)
+        return await self.step_store.list_steps(job_id)
+
+    async def step(self, workspace_id: UUID, job_id: UUID, step_id: UUID) -> Step:
+        await self.store.get_job(job_id, workspace_id=workspace_id)
+        return await self.step_store.get_step(job_id, step_id)
 
     async def cancel(
         self, workspace_id: UUID, job_id: UUID, *, actor: str, reason: str | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +45,7 @@ class Database:
                 )
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                _ensure_wal(parsed.database)
             self.engine = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
             self.read_engine = _sqlite_engine(url, begin="BEGIN", pool_size=4)
         elif self.dialect == "postgresql":
@@ -111,6 +115,27 @@ def _is_connection_error(exc: BaseException) -> bool:
     return bool(getattr(exc, "connection_invalidated", False)) or "connect" in str(exc).lower()
 
 
+def _ensure_wal(path: str) -> None:
+    """Put the database file in WAL mode once, before any pooled connection opens it.
+
+    The mode is stored in the file. Switching needs an exclusive lock, which a process starting
+    beside others may not get at once, so it is retried for up to the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    problem = "unknown"
+    while time.monotonic() < deadline:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=1)) as conn:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode == "wal":
+                return
+            problem = f"the file system kept journal mode {mode!r}"
+        except sqlite3.OperationalError as exc:
+            problem = str(exc)
+        time.sleep(0.05)
+    raise BackendUnavailable(f"cannot put SQLite database {path} in WAL mode: {problem}")
+
+
 def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
     engine = create_async_engine(
         url,
@@ -125,9 +150,8 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
         # Take transaction control away from the driver so "begin" below decides the mode.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

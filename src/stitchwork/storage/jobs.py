@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -29,6 +29,8 @@ from stitchwork.errors import InvalidTransition, NotFound
 from stitchwork.storage.db import Database
 from stitchwork.storage.leases import LeaseOperations
 from stitchwork.storage.rows import (
+    EventWriter,
+    Tx,
     event_from_row,
     event_row,
     insert_events,
@@ -57,9 +59,10 @@ class Submitted:
 class SqlJobStore(LeaseOperations):
     """``runner_jobs`` and ``job_events`` on SQLite or Postgres. The database is the truth."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
+    def __init__(self, writer: EventWriter) -> None:
+        self.writer = writer
+        self.db: Database = writer.db
+        self.clock: Clock = writer.clock
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -73,8 +76,8 @@ class SqlJobStore(LeaseOperations):
         """
         for attempt in range(2):
             try:
-                async with self.db.begin() as conn:
-                    return await self._create_jobs(conn, workspace_id, specs, actor)
+                async with self.writer.write() as tx:
+                    return await self._create_jobs(tx, workspace_id, specs, actor)
             except IntegrityError:
                 # Two submitters raced on one idempotency key (Postgres only: SQLite writers
                 # are serialised). The loser's second pass finds the winner's row.
@@ -83,8 +86,9 @@ class SqlJobStore(LeaseOperations):
         raise AssertionError("unreachable")
 
     async def _create_jobs(
-        self, conn: AsyncConnection, workspace_id: UUID, specs: Sequence[JobSpec], actor: str
+        self, tx: Tx, workspace_id: UUID, specs: Sequence[JobSpec], actor: str
     ) -> list[Submitted]:
+        conn = tx.conn
         now = self.clock.now()
         keys = [s.new.idempotency_key for s in specs if s.new.idempotency_key]
         existing: dict[str, Job] = {}
@@ -151,6 +155,7 @@ class SqlJobStore(LeaseOperations):
                         "issue_ref": new.issue_ref,
                     },
                     now,
+                    workspace_id=workspace_id,
                 )
             )
             events.append(
@@ -166,12 +171,13 @@ class SqlJobStore(LeaseOperations):
                         "run_after": run_after.isoformat(),
                     },
                     now,
+                    workspace_id=workspace_id,
                 )
             )
             out.append(Submitted(job_from_row(row), created=True))
         if job_rows:
             await conn.execute(insert(runner_jobs), job_rows)
-            await insert_events(conn, events)
+            await insert_events(tx, events)
         return out
 
     # -- reads --------------------------------------------------------------------------------
@@ -214,15 +220,52 @@ class SqlJobStore(LeaseOperations):
         async with self.db.read() as conn:
             return [job_from_row(r) for r in (await conn.execute(stmt)).mappings()]
 
-    async def list_events(self, job_id: UUID, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    async def list_events(
+        self,
+        job_id: UUID,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+    ) -> list[Event]:
+        """A job's events with ``seq > after`` in seq order; ``types`` are glob patterns."""
         stmt = (
             select(job_events)
             .where(job_events.c.job_id == job_id, job_events.c.seq > after)
             .order_by(job_events.c.seq)
             .limit(limit)
         )
+        if types:
+            stmt = stmt.where(_type_filter(types))
         async with self.db.read() as conn:
             return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def list_workspace_events(
+        self,
+        workspace_id: UUID,
+        *,
+        after_id: int = 0,
+        limit: int = 1000,
+        types: Sequence[str] = (),
+        job_id: UUID | None = None,
+    ) -> list[Event]:
+        """A workspace's events with a global ``id > after_id``, in id order."""
+        stmt = (
+            select(job_events)
+            .where(job_events.c.workspace_id == workspace_id, job_events.c.id > after_id)
+            .order_by(job_events.c.id)
+            .limit(limit)
+        )
+        if types:
+            stmt = stmt.where(_type_filter(types))
+        if job_id is not None:
+            stmt = stmt.where(job_events.c.job_id == job_id)
+        async with self.db.read() as conn:
+            return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def last_event_id(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.max(job_events.c.id)))).scalar() or 0)
 
     async def count_by_status(self, workspace_id: UUID | None = None) -> dict[JobStatus, int]:
         stmt = select(runner_jobs.c.status, func.count()).group_by(runner_jobs.c.status)
@@ -243,12 +286,12 @@ class SqlJobStore(LeaseOperations):
 
         A running job's worker is told separately (``QueueBackend.notify_cancelled``); its late
         result is then dropped by the compare-and-set."""
-        async with self.db.begin() as conn:
-            job = await self._locked(conn, job_id, workspace_id)
+        async with self.writer.write() as tx:
+            job = await self._locked(tx.conn, job_id, workspace_id)
             check_transition(job.id, job.status, JobStatus.CANCELLED)
             now = self.clock.now()
             moved = await transition_jobs(
-                conn,
+                tx,
                 where=[runner_jobs.c.id == job.id, runner_jobs.c.version == job.version],
                 expected=CANCELLABLE_JOB_STATUSES,
                 to=JobStatus.CANCELLED,
@@ -266,13 +309,13 @@ class SqlJobStore(LeaseOperations):
         The attempt budget grows with it (``max_attempts >= attempt``) so that a manual retry
         is never failed at once for having used up its automatic retries.
         """
-        async with self.db.begin() as conn:
-            job = await self._locked(conn, job_id, workspace_id)
+        async with self.writer.write() as tx:
+            job = await self._locked(tx.conn, job_id, workspace_id)
             check_retry(job.id, job.status)
             now = self.clock.now()
             attempt = job.attempt + 1
             moved = await transition_jobs(
-                conn,
+                tx,
                 where=[runner_jobs.c.id == job.id, runner_jobs.c.version == job.version],
                 expected=RETRYABLE_JOB_STATUSES,
                 to=JobStatus.QUEUED,
@@ -308,3 +351,18 @@ class SqlJobStore(LeaseOperations):
         if not moved:  # only possible if the row lock was not honoured; never silently succeed
             raise InvalidTransition(before.id, before.status.value, to.value, reason="lost a race")
         return moved[0]
+
+
+def _type_filter(patterns: Sequence[str]) -> ColumnElement[bool]:
+    """Glob patterns (``step.*``) as SQL LIKE, escaping LIKE's own wildcards."""
+    clauses = []
+    for pattern in patterns:
+        like = (
+            pattern.replace("\\", "\\\\")
+            .replace("%", "\\%")
+            .replace("_", "\\_")
+            .replace("*", "%")
+            .replace("?", "_")
+        )
+        clauses.append(job_events.c.type.like(like, escape="\\"))
+    return or_(*clauses)

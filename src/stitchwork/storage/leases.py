@@ -18,7 +18,7 @@ from sqlalchemy import BindParameter, bindparam, case, null, select, update
 
 from stitchwork.domain.events import EventType
 from stitchwork.domain.jobs import Job, JobStatus
-from stitchwork.storage.rows import event_row, insert_events, transition_jobs
+from stitchwork.storage.rows import EventWriter, event_row, insert_events, transition_jobs
 from stitchwork.storage.tables import runner_jobs
 from stitchwork.storage.types import json_type
 
@@ -36,6 +36,7 @@ class SweepResult:
 
 
 class LeaseOperations:
+    writer: EventWriter
     db: Database
     clock: Clock
 
@@ -59,8 +60,8 @@ class LeaseOperations:
             .values(lease_expires_at=self.clock.now() + lease)
             .returning(runner_jobs.c.id)
         )
-        async with self.db.begin() as conn:
-            return set((await conn.execute(stmt)).scalars())
+        async with self.writer.write() as tx:
+            return set((await tx.conn.execute(stmt)).scalars())
 
     async def report_progress(self, job_id: UUID, worker_id: str, percent: int) -> bool:
         """Record progress (0-100) and a ``job.progress`` event; False if the job was lost."""
@@ -73,18 +74,26 @@ class LeaseOperations:
                 last_event_seq=runner_jobs.c.last_event_seq + 1,
                 updated_at=now,
             )
-            .returning(runner_jobs.c.last_event_seq, runner_jobs.c.attempt)
+            .returning(
+                runner_jobs.c.last_event_seq, runner_jobs.c.attempt, runner_jobs.c.workspace_id
+            )
         )
-        async with self.db.begin() as conn:
-            row = (await conn.execute(stmt)).first()
+        async with self.writer.write() as tx:
+            row = (await tx.conn.execute(stmt)).first()
             if row is None:
                 return False
             payload = {"progress_percent": percent, "attempt": row.attempt}
             await insert_events(
-                conn,
+                tx,
                 [
                     event_row(
-                        job_id, row.last_event_seq, EventType.JOB_PROGRESS, worker_id, payload, now
+                        job_id,
+                        row.last_event_seq,
+                        EventType.JOB_PROGRESS,
+                        worker_id,
+                        payload,
+                        now,
+                        workspace_id=row.workspace_id,
                     )
                 ],
             )
@@ -111,9 +120,9 @@ class LeaseOperations:
                 *[(runner_jobs.c.id == job_id, _json_param(r)) for job_id, r in results.items()],
                 else_=null(),
             )
-        async with self.db.begin() as conn:
+        async with self.writer.write() as tx:
             return await transition_jobs(
-                conn,
+                tx,
                 where=[
                     runner_jobs.c.id.in_(list(results)),
                     runner_jobs.c.lease_owner == worker_id,
@@ -151,10 +160,10 @@ class LeaseOperations:
         """Record a failed attempt: back to the queue after ``retry_after`` (``job.retried``,
         attempt + 1) or, when ``retry_after`` is None, terminally ``failed`` (``job.failed``)."""
         now = self.clock.now()
-        async with self.db.begin() as conn:
+        async with self.writer.write() as tx:
             if retry_after is not None:
                 moved = await transition_jobs(
-                    conn,
+                    tx,
                     where=self._held(job_id, worker_id),
                     expected=RUNNING,
                     to=JobStatus.QUEUED,
@@ -179,7 +188,7 @@ class LeaseOperations:
                 )
             else:
                 moved = await transition_jobs(
-                    conn,
+                    tx,
                     where=self._held(job_id, worker_id),
                     expected=RUNNING,
                     to=JobStatus.FAILED,
@@ -205,9 +214,9 @@ class LeaseOperations:
         if not job_ids:
             return []
         now = self.clock.now()
-        async with self.db.begin() as conn:
+        async with self.writer.write() as tx:
             return await transition_jobs(
-                conn,
+                tx,
                 where=[
                     runner_jobs.c.id.in_(list(job_ids)),
                     runner_jobs.c.lease_owner == worker_id,
@@ -248,8 +257,8 @@ class LeaseOperations:
         )
         requeued: list[Job] = []
         failed: list[Job] = []
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(candidates)).all()
+        async with self.writer.write() as tx:
+            rows = (await tx.conn.execute(candidates)).all()
             for row in rows:
                 # The lease check is repeated in the UPDATE: a heartbeat that renewed the lease
                 # after the SELECT wins, and the job is left alone.
@@ -261,7 +270,7 @@ class LeaseOperations:
                 payload = {"reason": "lease_expired", "previous_owner": row.lease_owner}
                 if row.attempt < row.max_attempts:
                     requeued += await transition_jobs(
-                        conn,
+                        tx,
                         where=where,
                         expected=RUNNING,
                         to=JobStatus.QUEUED,
@@ -284,7 +293,7 @@ class LeaseOperations:
                         f"on attempt {row.attempt} of {row.max_attempts}"
                     )
                     failed += await transition_jobs(
-                        conn,
+                        tx,
                         where=where,
                         expected=RUNNING,
                         to=JobStatus.FAILED,

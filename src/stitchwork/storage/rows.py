@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import ColumnElement, insert, update
@@ -13,6 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from stitchwork.domain.events import Event, EventType
 from stitchwork.domain.jobs import Job, JobStatus
 from stitchwork.storage.tables import job_events, runner_jobs
+
+if TYPE_CHECKING:
+    from stitchwork.bus.base import EventBus
+    from stitchwork.clock import Clock
+    from stitchwork.storage.db import Database
 
 
 def job_from_row(row: Mapping[Any, Any]) -> Job:
@@ -56,6 +63,7 @@ def event_from_row(row: Mapping[Any, Any]) -> Event:
         created_at=row["created_at"],
         step_id=row["step_id"],
         execution_id=row["execution_id"],
+        workspace_id=row["workspace_id"],
     )
 
 
@@ -66,11 +74,15 @@ def event_row(
     actor: str,
     payload: dict[str, Any],
     now: datetime,
+    *,
+    workspace_id: UUID | None,
+    step_id: UUID | None = None,
 ) -> dict[str, Any]:
     return {
         "job_id": job_id,
+        "workspace_id": workspace_id,
         "execution_id": None,
-        "step_id": None,
+        "step_id": step_id,
         "seq": seq,
         "type": type_.value,
         "actor": actor,
@@ -79,13 +91,51 @@ def event_row(
     }
 
 
-async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(job_events), list(rows))
+@dataclass
+class Tx:
+    """A write transaction and the events it wrote (published once it commits)."""
+
+    conn: AsyncConnection
+    events: list[Event] = field(default_factory=list)
+
+
+class EventWriter:
+    """Opens write transactions; after each commits, its events go to the bus.
+
+    Publishing after commit means a subscriber never sees an event the database could still
+    roll back; a crash between commit and publish loses nothing, because every reader
+    backfills from the database.
+    """
+
+    def __init__(self, db: Database, clock: Clock, bus: EventBus | None = None) -> None:
+        self.db = db
+        self.clock = clock
+        self.bus = bus
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        async with self.db.begin() as conn:
+            tx = Tx(conn)
+            yield tx
+        if tx.events and self.bus is not None:
+            await self.bus.publish(tx.events)
+
+
+async def insert_events(tx: Tx, rows: Sequence[dict[str, Any]]) -> list[Event]:
+    """Append event rows; returns them with their global ids (and queues them for the bus)."""
+    if not rows:
+        return []
+    stmt = insert(job_events).returning(job_events.c.id, sort_by_parameter_order=True)
+    ids = (await tx.conn.execute(stmt, list(rows))).scalars().all()
+    events = [
+        event_from_row({"id": event_id, **row}) for event_id, row in zip(ids, rows, strict=True)
+    ]
+    tx.events.extend(events)
+    return events
 
 
 async def transition_jobs(
-    conn: AsyncConnection,
+    tx: Tx,
     *,
     where: Iterable[ColumnElement[bool]],
     expected: Collection[JobStatus],
@@ -114,10 +164,10 @@ async def transition_jobs(
         )
         .returning(*runner_jobs.c)
     )
-    moved = [job_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+    moved = [job_from_row(r) for r in (await tx.conn.execute(stmt)).mappings()]
     base = dict(event_payload or {})
     await insert_events(
-        conn,
+        tx,
         [
             event_row(
                 job.id,
@@ -126,6 +176,7 @@ async def transition_jobs(
                 actor,
                 {"status": to.value, "attempt": job.attempt, **base},
                 now,
+                workspace_id=job.workspace_id,
             )
             for job in moved
         ],

@@ -131,6 +131,7 @@ job_events = Table(
     metadata,
     Column("id", EventId, primary_key=True, autoincrement=True),
     Column("job_id", Uuid, ForeignKey("runner_jobs.id")),
+    Column("workspace_id", Uuid),
     Column("execution_id", Uuid),
     Column("step_id", Uuid),
     Column("seq", Integer, nullable=False),
@@ -139,7 +140,12 @@ job_events = Table(
     Column("payload", json_type(), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("job_id", "seq"),
+    # Workspace-wide streams and execution streams resume by global id.
+    Index("ix_job_events_workspace", "workspace_id", "id"),
+    Index("ix_job_events_execution", "execution_id", "id"),
 )
+# Postgres and SQLite triggers (migration 0002) refuse UPDATE, DELETE (and TRUNCATE) on
+# job_events: the event log is append-only in the database itself, not only in the code.
 
 queue_states = Table(
     "queue_states",

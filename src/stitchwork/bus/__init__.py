@@ -1,0 +1,1 @@
+"""The event bus: committed events fanned out to in-process subscribers (SSE, WebSocket, CLI)."""

@@ -1,0 +1,63 @@
+"""The event bus port.
+
+Events are published after the transaction that wrote them committed, so a subscriber never
+sees an event the database does not have. Delivery is best-effort and bounded: the database is
+the record, and a subscriber that falls behind is disconnected with the seq to resume from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from stitchwork.domain.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a subscriber wants. Unset fields match everything; ``types`` holds glob
+    patterns such as ``step.*``."""
+
+    job_id: UUID | None = None
+    execution_id: UUID | None = None
+    workspace_id: UUID | None = None
+    types: tuple[str, ...] = ()
+
+    def matches(self, event: Event) -> bool:
+        if self.job_id is not None and event.job_id != self.job_id:
+            return False
+        if self.execution_id is not None and event.execution_id != self.execution_id:
+            return False
+        if self.workspace_id is not None and event.workspace_id != self.workspace_id:
+            return False
+        return not self.types or any(fnmatch.fnmatchcase(event.type, p) for p in self.types)
+
+
+class SubscriptionClosed(Exception):
+    """The bus dropped this subscriber; ``reason`` says why and ``last_event`` what it had."""
+
+    def __init__(self, reason: str, last_event: Event | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.last_event = last_event
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def get(self, timeout_s: float | None = None) -> Event | None:
+        """The next event, or None after ``timeout_s``; raises ``SubscriptionClosed``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EventBus(Protocol):
+    async def publish(self, events: Sequence[Event]) -> None: ...
+
+    def subscribe(
+        self, event_filter: EventFilter, *, buffer: int | None = None
+    ) -> Subscription: ...
