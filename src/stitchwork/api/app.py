@@ -7,7 +7,7 @@ from fastapi import APIRouter, FastAPI
 from stitchwork import __version__
 from stitchwork.api.errors import install_error_handlers
 from stitchwork.api.limits import BodySizeLimit
-from stitchwork.api.routes import health, jobs, queues
+from stitchwork.api.routes import health, jobs, queues, stream, ws
 from stitchwork.runtime.engine import Engine
 
 API_PREFIX = "/api/v1"
@@ -25,6 +25,8 @@ def create_app(engine: Engine) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(jobs.router)
     api.include_router(queues.router)
+    api.include_router(stream.router)
+    api.include_router(ws.router)
     app.include_router(api)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=engine.settings.max_body_bytes)

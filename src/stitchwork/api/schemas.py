@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stitchwork.domain.events import Event
 from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus
+from stitchwork.domain.steps import Step, StepPhase, StepStatus, StepType
 from stitchwork.queue.base import QueueInfo
 
 
@@ -88,10 +89,11 @@ class JobPage(BaseModel):
 
 
 class EventPublic(BaseModel):
-    id: int
+    id: int = Field(description="global, monotonic")
     job_id: UUID | None
-    seq: int
+    seq: int = Field(description="1, 2, 3, ... per job, without gaps")
     type: str
+    step_id: UUID | None
     actor: str
     payload: dict[str, Any]
     created_at: datetime
@@ -103,10 +105,55 @@ class EventPublic(BaseModel):
             job_id=event.job_id,
             seq=event.seq,
             type=event.type,
+            step_id=event.step_id,
             actor=event.actor,
             payload=event.payload,
             created_at=event.created_at,
         )
+
+
+class StepPublic(BaseModel):
+    id: UUID
+    job_id: UUID
+    ordinal: int
+    name: str
+    phase: StepPhase
+    type: StepType
+    status: StepStatus
+    attempt: int
+    output_tail: str | None
+    error: str | None
+    tokens_input: int | None
+    tokens_output: int | None
+    duration_s: float | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, step: Step) -> StepPublic:
+        return cls(
+            id=step.id,
+            job_id=step.job_id,
+            ordinal=step.ordinal,
+            name=step.name,
+            phase=step.phase,
+            type=step.type,
+            status=step.status,
+            attempt=step.attempt,
+            output_tail=step.output_tail,
+            error=step.error,
+            tokens_input=step.tokens_input,
+            tokens_output=step.tokens_output,
+            duration_s=step.duration_s,
+            created_at=step.created_at,
+            started_at=step.started_at,
+            completed_at=step.completed_at,
+        )
+
+
+class JobDetailPublic(JobPublic):
+    steps: list[StepPublic]
 
 
 class QueuePublic(BaseModel):

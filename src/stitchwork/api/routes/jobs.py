@@ -8,7 +8,14 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Response, status
 
 from stitchwork.api.deps import EngineDep, PrincipalDep
-from stitchwork.api.schemas import EventPublic, JobCreate, JobPage, JobPublic
+from stitchwork.api.schemas import (
+    EventPublic,
+    JobCreate,
+    JobDetailPublic,
+    JobPage,
+    JobPublic,
+    StepPublic,
+)
 from stitchwork.domain.jobs import JobStatus, NewJob
 from stitchwork.errors import InvalidRequest
 
@@ -87,9 +94,27 @@ async def list_jobs(
     return JobPage(items=[JobPublic.of(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
-    return JobPublic.of(await engine.jobs.get(principal.workspace_id, job_id))
+@router.get("/{job_id}", response_model=JobDetailPublic)
+async def get_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobDetailPublic:
+    """One job with its steps."""
+    job = await engine.jobs.get(principal.workspace_id, job_id)
+    steps = await engine.jobs.steps(principal.workspace_id, job_id)
+    return JobDetailPublic(
+        **JobPublic.of(job).model_dump(), steps=[StepPublic.of(s) for s in steps]
+    )
+
+
+@router.get("/{job_id}/steps", response_model=list[StepPublic])
+async def list_steps(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> list[StepPublic]:
+    """The job's steps in order."""
+    return [StepPublic.of(s) for s in await engine.jobs.steps(principal.workspace_id, job_id)]
+
+
+@router.get("/{job_id}/steps/{step_id}", response_model=StepPublic)
+async def get_step(
+    job_id: UUID, step_id: UUID, engine: EngineDep, principal: PrincipalDep
+) -> StepPublic:
+    return StepPublic.of(await engine.jobs.step(principal.workspace_id, job_id, step_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
@@ -115,7 +140,15 @@ async def job_events(
     engine: EngineDep,
     principal: PrincipalDep,
     after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+    type_: Annotated[
+        list[str] | None,
+        Query(alias="type", description="event type or glob (step.*); repeatable"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> list[EventPublic]:
-    """The job's events in ``seq`` order."""
-    events = await engine.jobs.events(principal.workspace_id, job_id, after=after)
+    """The job's events in ``seq`` order (a page of at most ``limit``; continue with
+    ``after=<last seq>``)."""
+    events = await engine.jobs.events(
+        principal.workspace_id, job_id, after=after, limit=limit, types=tuple(type_ or ())
+    )
     return [EventPublic.of(e) for e in events]

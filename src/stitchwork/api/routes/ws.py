@@ -1,0 +1,217 @@
+"""WebSocket ``/api/v1/ws``: authenticate, then subscribe to rooms.
+
+Client -> server (JSON text messages):
+    {"action": "auth", "token": "sw_..."}                 must be first (else close 1008)
+    {"action": "subscribe", "room": "job:<id>", "after": 12}
+    {"action": "subscribe", "room": "workspace:<id>:jobs", "after": 3456}
+    {"action": "unsubscribe", "room": "job:<id>"}
+    {"action": "ping"}
+Server -> client:
+    {"event": "job:status", "room": "job:<id>", "seq": 3, "id": 871, "data": {<event>}}
+    {"event": "subscribed" | "unsubscribed" | "authenticated" | "pong" | "stream:complete", ...}
+    {"event": "error", "message": "..."}
+``after`` is a seq for job rooms and a global event id for workspace rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+from uuid import UUID
+
+import structlog
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from stitchwork.api.schemas import EventPublic
+from stitchwork.api.streaming import Complete, Ping, StreamItem, job_events, workspace_events
+from stitchwork.domain.events import EventType
+from stitchwork.errors import NotFound, StitchworkError
+from stitchwork.runtime.engine import Engine
+from stitchwork.services.auth import Principal
+
+router = APIRouter(tags=["events"])
+log = structlog.get_logger(__name__)
+
+POLICY_VIOLATION = 1008
+ACTIONS = ("subscribe", "unsubscribe", "ping")
+
+# A job's status changes share one message name; everything else is its type as noun:verb.
+STATUS_EVENTS = frozenset(
+    {
+        EventType.JOB_QUEUED,
+        EventType.JOB_STARTED,
+        EventType.JOB_COMPLETED,
+        EventType.JOB_FAILED,
+        EventType.JOB_CANCELLED,
+        EventType.JOB_RETRIED,
+        EventType.JOB_REQUEUED,
+    }
+)
+
+
+def message_name(event_type: str) -> str:
+    return "job:status" if event_type in STATUS_EVENTS else event_type.replace(".", ":")
+
+
+class _Connection:
+    def __init__(self, ws: WebSocket, engine: Engine, principal: Principal) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.principal = principal
+        self.rooms: dict[str, asyncio.Task[None]] = {}
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(message, default=str))
+
+    async def error(self, message: str, **extra: Any) -> None:
+        await self.send({"event": "error", "message": message, **extra})
+
+    async def handle(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError as exc:
+            await self.error(f"malformed JSON message: {exc}")
+            return
+        if not isinstance(message, dict):
+            await self.error('a message must be a JSON object such as {"action": "ping"}')
+            return
+        action = message.get("action")
+        if action == "ping":
+            await self.send({"event": "pong"})
+        elif action == "subscribe":
+            await self.subscribe(message)
+        elif action == "unsubscribe":
+            await self.unsubscribe(message)
+        elif action == "auth":
+            await self.error("already authenticated")
+        else:
+            await self.error(
+                f"unknown action {action!r}; expected one of: {', '.join(ACTIONS)}",
+                action=str(action),
+            )
+
+    async def _items(self, room: str, after: int) -> Any:
+        """The stream behind a room, or an error message why the key may not see it."""
+        kind, _, rest = room.partition(":")
+        settings = self.engine.settings
+        ping_s = settings.sse_ping_interval.total_seconds()
+        if kind == "job":
+            try:
+                job_id = UUID(rest)
+                await self.engine.jobs.get(self.principal.workspace_id, job_id)
+            except (ValueError, NotFound):
+                return f"room {room!r}: no such job in this key's workspace"
+            return job_events(self.engine, job_id, after_seq=after, ping_s=ping_s)
+        if kind == "workspace" and rest.endswith(":jobs"):
+            try:
+                workspace_id = UUID(rest.removesuffix(":jobs"))
+            except ValueError:
+                return f"room {room!r}: not a workspace id"
+            if workspace_id != self.principal.workspace_id:
+                return f"room {room!r}: this key may not see that workspace"
+            return workspace_events(self.engine, workspace_id, after_id=after, ping_s=ping_s)
+        return f"unknown room {room!r}; expected job:<id> or workspace:<id>:jobs"
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        room, after = message.get("room"), message.get("after", 0)
+        if not isinstance(room, str) or not room:
+            await self.error('subscribe needs a "room", e.g. "job:<id>"')
+            return
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            await self.error(f'"after" must be a non-negative integer, not {after!r}', room=room)
+            return
+        if room in self.rooms:
+            await self.error(f"already subscribed to {room!r}", room=room)
+            return
+        items = await self._items(room, after)
+        if isinstance(items, str):
+            await self.error(items, room=room)
+            return
+        await self.send({"event": "subscribed", "room": room, "after": after})
+        self.rooms[room] = asyncio.create_task(self._pump(room, items))
+
+    async def unsubscribe(self, message: dict[str, Any]) -> None:
+        room = message.get("room")
+        task = self.rooms.pop(room, None) if isinstance(room, str) else None
+        if task is None:
+            await self.error(f"not subscribed to {room!r}", room=str(room))
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self.send({"event": "unsubscribed", "room": room})
+
+    async def _pump(self, room: str, items: Any) -> None:
+        item: StreamItem
+        async for item in items:
+            if isinstance(item, Ping):
+                continue  # the protocol's own ping frames keep the connection alive
+            if isinstance(item, Complete):
+                await self.send(
+                    {"event": "stream:complete", "room": room, "data": {"status": item.status}}
+                )
+                self.rooms.pop(room, None)
+                return
+            await self.send(
+                {
+                    "event": message_name(item.type),
+                    "room": room,
+                    "seq": item.seq,
+                    "id": item.id,
+                    "data": EventPublic.of(item).model_dump(mode="json"),
+                }
+            )
+
+    async def close(self) -> None:
+        for task in self.rooms.values():
+            task.cancel()
+        await asyncio.gather(*self.rooms.values(), return_exceptions=True)
+        self.rooms.clear()
+
+
+async def _authenticate(ws: WebSocket, engine: Engine) -> Principal | None:
+    timeout = engine.settings.ws_auth_timeout.total_seconds()
+    try:
+        raw = await asyncio.wait_for(ws.receive_text(), timeout)
+    except TimeoutError:
+        await ws.close(POLICY_VIOLATION, "authenticate first: no auth message in time")
+        return None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict) or message.get("action") != "auth":
+        await ws.close(
+            POLICY_VIOLATION, 'authenticate first: send {"action": "auth", "token": "<key>"}'
+        )
+        return None
+    token = message.get("token")
+    try:
+        return await engine.auth.authenticate(token if isinstance(token, str) else None)
+    except StitchworkError as exc:
+        await ws.close(POLICY_VIOLATION, exc.message[:120])
+        return None
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(ws: WebSocket) -> None:
+    engine: Engine = ws.app.state.engine
+    await ws.accept()
+    principal = await _authenticate(ws, engine)
+    if principal is None:
+        return
+    connection = _Connection(ws, engine, principal)
+    await connection.send(
+        {"event": "authenticated", "data": {"workspace_id": str(principal.workspace_id)}}
+    )
+    try:
+        while True:
+            await connection.handle(await ws.receive_text())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await connection.close()
