@@ -213,7 +213,7 @@ async def test_get_job_returns_the_stored_job(api: httpx.AsyncClient) -> None:
     response = await api.get(f"{JOBS}/{job['id']}")
 
     assert response.status_code == 200
-    assert response.json() == job
+    assert response.json() == {**job, "steps": []}  # no step has run yet
 
 
 async def test_events_are_created_then_queued_and_after_skips_earlier_ones(
@@ -308,12 +308,13 @@ async def test_a_real_worker_completes_a_submitted_job(
     assert "from-the-worker" in current["result"]["output_tail"]
     assert current["progress_percent"] == 100
     events = (await api.get(f"{JOBS}/{job['id']}/events")).json()
-    assert [e["type"] for e in events] == [
-        "job.created",
-        "job.queued",
-        "job.started",
-        "job.completed",
-    ]
+    types = [e["type"] for e in events]
+    assert types[:3] == ["job.created", "job.queued", "job.started"]
+    assert types[3] == "step.started"
+    assert set(types[4:-2]) == {"step.output"}
+    assert types[-2:] == ["step.completed", "job.completed"]
+    output = "".join(e["payload"]["chunk"] for e in events if e["type"] == "step.output")
+    assert "from-the-worker" in output
 
 
 # -- queues -----------------------------------------------------------------------------------
@@ -379,3 +380,22 @@ async def test_readyz_is_503_and_says_to_upgrade_when_the_schema_is_behind(
     assert f"schema at None, expected {head_revision()}" in body["database"]
     assert "run `stitchwork db upgrade`" in body["database"]
     assert (await anonymous.get("/healthz")).status_code == 200  # alive, just not ready
+
+
+async def test_reusing_an_idempotency_key_for_a_different_request_is_a_409(
+    api: httpx.AsyncClient,
+) -> None:
+    first = await api.post(JOBS, json={"type": "noop", "idempotency_key": "release-7"})
+    changed = await api.post(
+        JOBS,
+        json={"type": "sleep", "payload": {"seconds": 1}, "idempotency_key": "release-7"},
+    )
+
+    assert changed.status_code == 409
+    assert changed.headers["content-type"] == "application/problem+json"
+    body = changed.json()
+    assert "already used for a different request" in body["detail"]
+    assert body["errors"] == [{"field": "idempotency_key", "message": body["detail"]}]
+    assert body["job_id"] == first.json()["id"]
+    listed = (await api.get(JOBS)).json()["items"]
+    assert [j["id"] for j in listed] == [first.json()["id"]]

@@ -18,6 +18,8 @@ from uuid import UUID
 
 import structlog
 from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 from stitchwork.clock import Clock
@@ -154,16 +156,13 @@ class SqlQueue:
 
     async def _set_paused(self, name: str, paused: bool) -> None:
         now = self.clock.now()
+        insert = pg_insert if self.db.is_postgres else sqlite_insert
+        stmt = insert(queue_states).values(name=name, paused=paused, updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[queue_states.c.name], set_={"paused": paused, "updated_at": now}
+        )
         async with self.db.begin() as conn:
-            updated = await conn.execute(
-                queue_states.update()
-                .where(queue_states.c.name == name)
-                .values(paused=paused, updated_at=now)
-            )
-            if updated.rowcount == 0:
-                await conn.execute(
-                    queue_states.insert().values(name=name, paused=paused, updated_at=now)
-                )
+            await conn.execute(stmt)  # an upsert: two processes pausing at once both succeed
         if not paused:
             await self.notify_enqueued([name])
 

@@ -25,7 +25,7 @@ from stitchwork.domain.jobs import (
     check_retry,
     check_transition,
 )
-from stitchwork.errors import InvalidTransition, NotFound
+from stitchwork.errors import Conflict, InvalidTransition, NotFound
 from stitchwork.storage.db import Database
 from stitchwork.storage.leases import LeaseOperations
 from stitchwork.storage.rows import (
@@ -107,7 +107,16 @@ class SqlJobStore(LeaseOperations):
         for spec in specs:
             key = spec.new.idempotency_key
             if key and key in existing:
-                out.append(Submitted(existing[key], created=False))
+                earlier = existing[key]
+                if (earlier.type, earlier.payload) != (spec.new.type, spec.new.payload):
+                    # Same key, different request: a client bug, never a silent replay.
+                    raise Conflict(
+                        f"idempotency key {key!r} was already used for a different request "
+                        f"(job {earlier.id}, type {earlier.type!r}); use a new key",
+                        field="idempotency_key",
+                        job_id=str(earlier.id),
+                    )
+                out.append(Submitted(earlier, created=False))
                 continue
             new = spec.new
             run_after = max(new.run_after, now) if new.run_after else now
