@@ -74,13 +74,18 @@ class Api:
             fail(f"cannot reach stitchwork at {self.creds.api_url}: is `stitchwork serve` running?")
         except httpx.HTTPError as exc:
             fail(f"request to {self.creds.api_url} failed: {exc}")
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            fail(f"{response.status_code}: {detail}")
+        self.raise_for_problem(response)
         return response.json()
+
+    def raise_for_problem(self, response: httpx.Response) -> None:
+        """End the command with the API's problem detail if the response is an error."""
+        if response.status_code < 400:
+            return
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        fail(f"{response.status_code}: {detail}")
 
 
 def api_from(settings: Settings) -> Api:

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any
 
 import typer
-from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stitchwork.cli.client import Api, api_from
+from stitchwork.cli.client import api_from
 from stitchwork.cli.common import load_settings
 from stitchwork.cli.output import console, duration, fail, jobs_table, status_text
+from stitchwork.cli.watch import watch_job
 
 app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
-
-TERMINAL = {"completed", "failed", "cancelled"}
-WATCH_POLL_S = 0.3
 
 
 def _print_json(data: Any) -> None:
@@ -69,7 +64,7 @@ def submit(
     else:
         console.print(f"submitted {job['type']} job [bold]{job['id']}[/bold] ({job['status']})")
     if watch:
-        _watch(api, job["id"])
+        watch_job(api, job["id"])
 
 
 @app.command("list")
@@ -160,35 +155,6 @@ def retry(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 
 @app.command()
 def watch(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
-    """Follow a job live until it ends. Exit code 0 if it completed, 1 otherwise."""
-    _watch(api_from(load_settings()), job_id)
-
-
-def _watch(api: Api, job_id: str) -> None:
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    job = api.request("GET", f"/jobs/{job_id}")
-    task = progress.add_task(_describe(job), total=100, completed=job["progress_percent"])
-    with Live(progress, console=console, refresh_per_second=10, transient=False):
-        while job["status"] not in TERMINAL:
-            time.sleep(WATCH_POLL_S)
-            job = api.request("GET", f"/jobs/{job_id}")
-            progress.update(task, description=_describe(job), completed=job["progress_percent"])
-    console.print(
-        f"job {job['id']} {job['status']}" + (f": {job['error']}" if job["error"] else "")
-    )
-    output = (job.get("result") or {}).get("output_tail")
-    if output:
-        console.print(output.rstrip(), highlight=False, markup=False)
-    if job["status"] != "completed":
-        raise typer.Exit(1)
-
-
-def _describe(job: dict[str, Any]) -> str:
-    attempt = f"{job['attempt']}/{job['max_attempts']}"
-    return f"{job['type']} {job['id'][:8]} [{job['status']}] attempt {attempt}"
+    """Follow a job's steps and output live until it ends (resumes if the connection drops).
+    Exit code 0 if it completed, 1 otherwise."""
+    watch_job(api_from(load_settings()), job_id)

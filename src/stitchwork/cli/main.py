@@ -9,6 +9,7 @@ from rich.panel import Panel
 
 from stitchwork import __version__
 from stitchwork.cli import demo as demo_cmd
+from stitchwork.cli import events as events_cmd
 from stitchwork.cli import jobs as jobs_cmd
 from stitchwork.cli import queues as queues_cmd
 from stitchwork.cli.client import Credentials
@@ -37,6 +38,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(queues_cmd.app, name="queues")
+app.add_typer(events_cmd.app, name="events")
 app.command("demo")(demo_cmd.demo)
 
 

@@ -49,7 +49,8 @@ class OutputStream:
         self.lost = False
 
     async def write(self, text: str) -> None:
-        if not text or self.lost:
+        if not text or self.lost or self._closing:
+            # A closed stream stays closed: a late write must not start a new flusher.
             return
         self._parts.append(text)
         self._size += len(text)

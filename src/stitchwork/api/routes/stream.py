@@ -97,11 +97,16 @@ async def stream_workspace_events(
     principal: PrincipalDep,
     type_: TypesQuery = None,
     job_id: Annotated[UUID | None, Query(description="only this job's events")] = None,
-    last_event_id: Annotated[str | None, Query(description="resume after this event id")] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="resume after this event id; 'latest': only new events")
+    ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """Every event of the caller's workspace as it happens. Never ends on its own."""
-    after = resume_point(last_event_id_header, last_event_id)
+    if last_event_id_header is None and last_event_id == "latest":
+        after = await engine.store.last_event_id()
+    else:
+        after = resume_point(last_event_id_header, last_event_id)
     if job_id is not None:
         await engine.jobs.get(principal.workspace_id, job_id)
     items = workspace_events(
