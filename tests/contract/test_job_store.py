@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stitchwork.domain.jobs import Job, JobStatus, NewJob
-from stitchwork.errors import InvalidRequest, InvalidTransition, NotFound
+from stitchwork.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
 from stitchwork.runtime.engine import Engine
 from tests.contract.helpers import event_types
 
@@ -85,14 +85,26 @@ async def test_idempotency_key_returns_the_existing_job(
     engine: Engine, workspace_id: uuid.UUID
 ) -> None:
     first = await engine.jobs.submit(workspace_id, NewJob("noop", idempotency_key="k1"), actor="a")
-    again = await engine.jobs.submit(
-        workspace_id, NewJob("sleep", {"seconds": 1}, idempotency_key="k1"), actor="b"
-    )
+    again = await engine.jobs.submit(workspace_id, NewJob("noop", idempotency_key="k1"), actor="b")
     assert first.created
     assert not again.created
     assert again.job == first.job
     assert len(await engine.store.list_jobs(workspace_id)) == 1
     assert await event_types(engine, first.job.id) == ["job.created", "job.queued"]
+
+
+async def test_idempotency_key_reused_for_another_request_is_a_conflict_and_stores_nothing(
+    engine: Engine, workspace_id: uuid.UUID
+) -> None:
+    first = await engine.jobs.submit(workspace_id, NewJob("noop", idempotency_key="k1"), actor="a")
+    with pytest.raises(Conflict) as raised:
+        await engine.jobs.submit_many(
+            workspace_id,
+            [NewJob("noop"), NewJob("sleep", {"seconds": 1}, idempotency_key="k1")],
+            actor="b",
+        )
+    assert "already used for a different request" in raised.value.message
+    assert [j.id for j in await engine.store.list_jobs(workspace_id)] == [first.job.id]
 
 
 async def test_idempotency_key_repeated_within_one_batch_creates_one_job(

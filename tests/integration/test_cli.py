@@ -325,7 +325,9 @@ def test_cli_drives_a_real_server_and_sigterm_stops_it_cleanly(
     assert watched.exit_code == 0, watched.output
     shell_id = submitted_id(watched.output)
     assert f"job {shell_id} completed" in watched.output
-    assert "hi" in watched.output.splitlines()
+    lines = [line.rstrip() for line in watched.output.splitlines()]
+    assert any(line.startswith("✓ $ echo hi") for line in lines)  # the completed step
+    assert "  hi" in lines  # and its output, streamed over SSE
 
     listed = cli.ok("jobs", "list")
     row = next(line for line in listed.splitlines() if shell_id in line)

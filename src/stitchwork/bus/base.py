@@ -19,7 +19,8 @@ from stitchwork.domain.events import Event
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which events a subscriber wants. Unset fields match everything; ``types`` holds glob
-    patterns such as ``step.*``."""
+    patterns such as ``step.*`` (``*`` and ``?`` only: ``[`` is literal, as in the database
+    filter, so live and stored events always match the same patterns)."""
 
     job_id: UUID | None = None
     execution_id: UUID | None = None
@@ -33,7 +34,9 @@ class EventFilter:
             return False
         if self.workspace_id is not None and event.workspace_id != self.workspace_id:
             return False
-        return not self.types or any(fnmatch.fnmatchcase(event.type, p) for p in self.types)
+        return not self.types or any(
+            fnmatch.fnmatchcase(event.type, p.replace("[", "[[]")) for p in self.types
+        )
 
 
 class SubscriptionClosed(Exception):

@@ -115,10 +115,10 @@ class InProcessBus:
                 for event in events:
                     if subscriber.filter.matches(event):
                         subscriber.offer(event)
-            except Exception:  # one broken subscriber must not stop the others
+            except Exception as exc:  # one broken subscriber must not stop the others
                 log.exception("subscriber_failed")
                 with contextlib.suppress(Exception):
-                    subscriber.close()
+                    subscriber._drop(f"subscriber failed: {type(exc).__name__}: {exc}")
 
     def subscribe(
         self, event_filter: EventFilter, *, buffer: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,24 @@ class Api:
             timeout=timeout_s,
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            fail(f"cannot reach stitchwork at {self.creds.api_url}: is `stitchwork serve` running?")
-        except httpx.HTTPError as exc:
-            fail(f"request to {self.creds.api_url} failed: {exc}")
+    def request(self, method: str, path: str, *, wait_s: float = 0, **kwargs: Any) -> Any:
+        """Send a request; with ``wait_s``, keep trying that long while the API is unreachable
+        (it may be restarting)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+                break
+            except httpx.ConnectError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                fail(
+                    f"cannot reach stitchwork at {self.creds.api_url}: "
+                    "is `stitchwork serve` running?"
+                )
+            except httpx.HTTPError as exc:
+                fail(f"request to {self.creds.api_url} failed: {exc}")
         self.raise_for_problem(response)
         return response.json()
 

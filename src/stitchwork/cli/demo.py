@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 import httpx
-import typer
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -130,17 +129,8 @@ def _table(rows: list[tuple[DemoJob, dict[str, Any]]], elapsed_s: float) -> Tabl
     return table
 
 
-def demo(
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Keep the demo's database folder afterwards.")
-    ] = False,
-) -> None:
-    """Run a batch of shell jobs through the embedded engine and show them live.
-
-    Some pass, one fails once and is retried, two fail for good (an error and a timeout), one
-    is cancelled while it runs, and a late high-priority job jumps the queue. Exit code 0 when
-    every job ended as the demo expects.
-    """
+def run_demo(*, keep: bool) -> None:
+    """``stitchwork demo`` (options and help text live in ``cli/main.py``)."""
     workdir = Path(tempfile.mkdtemp(prefix="stitchwork-demo-"))
     settings = load_settings(
         data_dir=workdir,

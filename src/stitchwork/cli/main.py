@@ -1,27 +1,19 @@
-"""``stitchwork``: serve, worker, db, keys, jobs, queues, demo."""
+"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, demo."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.panel import Panel
+from rich.table import Table
 
 from stitchwork import __version__
-from stitchwork.cli import demo as demo_cmd
 from stitchwork.cli import events as events_cmd
 from stitchwork.cli import jobs as jobs_cmd
 from stitchwork.cli import queues as queues_cmd
-from stitchwork.cli.client import Credentials
 from stitchwork.cli.common import load_settings, run
 from stitchwork.cli.logs import configure_logging
 from stitchwork.cli.output import console, fail
-from stitchwork.cli.server import run_embedded, wait_for_signal
-from stitchwork.config import Settings
-from stitchwork.errors import StitchworkError
-from stitchwork.runtime.engine import Engine, open_engine, run_worker_until_signalled
-from stitchwork.storage.db import Database
-from stitchwork.storage.migrate import current_revision, head_revision, upgrade
 
 app = typer.Typer(
     name="stitchwork",
@@ -39,7 +31,6 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(queues_cmd.app, name="queues")
 app.add_typer(events_cmd.app, name="events")
-app.command("demo")(demo_cmd.demo)
 
 
 def _version(value: bool) -> None:
@@ -74,52 +65,9 @@ def serve(
     """
     settings = load_settings(api_host=host, api_port=port, worker_concurrency=concurrency)
     configure_logging(settings.log_level)
-    run(_serve(settings, with_worker=not no_worker))
+    from stitchwork.cli import ops
 
-
-async def _serve(settings: Settings, *, with_worker: bool) -> None:
-    async with (
-        open_engine(settings) as engine,
-        run_embedded(
-            engine, host=settings.api_host, port=settings.api_port, with_worker=with_worker
-        ) as running,
-    ):
-        await _bootstrap(engine, settings, running.url)
-        mode = "API + worker" if with_worker else "API only"
-        console.print(
-            f"stitchwork {__version__} serving on [bold]{running.url}[/bold] ({mode}; "
-            f"database {settings.database_url}). Ctrl+C to stop."
-        )
-        await wait_for_signal()
-        console.print("shutting down: waiting for running jobs…")
-
-
-async def _bootstrap(engine: Engine, settings: Settings, url: str) -> None:
-    """First start: default workspace + admin key saved for the CLI. Later starts: keep the
-    stored key if it still works, and record where the API now listens."""
-    path = settings.credentials_path
-    stored = Credentials.load(path)
-    if stored is not None:
-        try:
-            await engine.auth.authenticate(stored.api_key)
-        except StitchworkError:
-            stored = None
-    if stored is not None:
-        if stored.api_url != url:
-            Credentials(url, stored.api_key, stored.workspace).save(path)
-        return
-    _, key = await engine.auth.create_key("default", "admin")
-    Credentials(url, key, "default").save(path)
-    console.print(
-        Panel.fit(
-            f"Created workspace [bold]default[/bold] and an admin API key:\n\n  {key}\n\n"
-            f"It is stored in {path} (mode 600), so CLI commands work as they are:\n"
-            "  stitchwork jobs submit shell --command 'echo hello' --watch\n"
-            "From anything else, send it as a bearer token:\n"
-            f"  curl -H 'Authorization: Bearer {key}' {url}/api/v1/jobs",
-            title="first start",
-        )
-    )
+    run(ops.serve(settings, with_worker=not no_worker))
 
 
 @app.command()
@@ -132,12 +80,9 @@ def worker(
     """Run a worker (and a lease sweeper) without the API, until SIGTERM/SIGINT."""
     settings = load_settings(worker_concurrency=concurrency)
     configure_logging(settings.log_level)
+    from stitchwork.cli import ops
 
-    async def _run() -> None:
-        async with open_engine(settings) as engine:
-            await run_worker_until_signalled(engine, engine.worker(queues=queue or None))
-
-    run(_run())
+    run(ops.worker(settings, queue or None))
 
 
 @db_app.command("upgrade")
@@ -146,31 +91,20 @@ def db_upgrade(
 ) -> None:
     """Apply schema migrations (safe to run repeatedly and from several hosts)."""
     settings = load_settings()
+    from stitchwork.cli import ops
 
-    async def _run() -> str | None:
-        db = Database(settings.database_url)
-        try:
-            await upgrade(db, revision)
-            return await current_revision(db)
-        finally:
-            await db.dispose()
-
-    console.print(f"schema at revision {run(_run())} ({settings.database_url})")
+    current = run(ops.db_upgrade(settings, revision))
+    console.print(f"schema at revision {current} ({settings.database_url})")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Show the schema revision; exit code 1 if it is not the newest."""
     settings = load_settings()
+    from stitchwork.cli import ops
+    from stitchwork.storage.migrate import head_revision
 
-    async def _run() -> str | None:
-        db = Database(settings.database_url)
-        try:
-            return await current_revision(db)
-        finally:
-            await db.dispose()
-
-    current, head = run(_run()), head_revision()
+    current, head = run(ops.db_current(settings)), head_revision()
     if current != head:
         fail(
             f"schema at revision {current or 'none'}, newest is {head}: run `stitchwork db upgrade`"
@@ -185,13 +119,9 @@ def keys_create(
 ) -> None:
     """Create an API key. The key is printed once; only its hash is stored."""
     settings = load_settings()
+    from stitchwork.cli import ops
 
-    async def _run() -> tuple[str, str]:
-        async with open_engine(settings) as engine:
-            record, key = await engine.auth.create_key(workspace, name)
-            return record.prefix, key
-
-    prefix, key = run(_run())
+    prefix, key = run(ops.keys_create(settings, workspace, name))
     console.print(f"created key {prefix} ({name}, workspace {workspace}):")
     console.print(key, highlight=False, soft_wrap=True)
 
@@ -200,27 +130,12 @@ def keys_create(
 def keys_list() -> None:
     """List API keys (prefixes only)."""
     settings = load_settings()
-
-    async def _run() -> list[tuple[str, str, str, str, str]]:
-        async with open_engine(settings) as engine:
-            names = {w.id: w.name for w in await engine.auth.store.list_workspaces()}
-            return [
-                (
-                    k.prefix,
-                    k.name,
-                    names.get(k.workspace_id, "?"),
-                    k.created_at.strftime("%Y-%m-%d %H:%M"),
-                    "revoked" if k.revoked_at else "active",
-                )
-                for k in await engine.auth.list_keys()
-            ]
-
-    from rich.table import Table
+    from stitchwork.cli import ops
 
     table = Table(show_edge=False, header_style="bold")
     for column in ("prefix", "name", "workspace", "created", "state"):
         table.add_column(column)
-    for row in run(_run()):
+    for row in run(ops.keys_list(settings)):
         table.add_row(*row)
     console.print(table)
 
@@ -231,12 +146,26 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: requests with it get 401 from now on."""
     settings = load_settings()
+    from stitchwork.cli import ops
 
-    async def _run() -> str:
-        async with open_engine(settings) as engine:
-            return (await engine.auth.revoke_key(prefix)).prefix
+    console.print(f"revoked key {run(ops.keys_revoke(settings, prefix))}")
 
-    console.print(f"revoked key {run(_run())}")
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the demo's database folder afterwards.")
+    ] = False,
+) -> None:
+    """Run a batch of shell jobs through the embedded engine and show them live.
+
+    Some pass, one fails once and is retried, two fail for good (an error and a timeout), one
+    is cancelled while it runs, and a late high-priority job jumps the queue. Exit code 0 when
+    every job ended as the demo expects.
+    """
+    from stitchwork.cli.demo import run_demo
+
+    run_demo(keep=keep)
 
 
 def main() -> None:

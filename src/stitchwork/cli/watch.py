@@ -18,6 +18,7 @@ from stitchwork.cli.follow import StreamEvent, follow
 from stitchwork.cli.output import console, status_text
 
 OUTPUT_LINES = 12
+RESTART_WAIT_S = 10.0  # how long watch waits for an API that is restarting
 STEP_MARK = {
     "pending": ("·", "dim"),
     "running": ("●", "blue"),
@@ -105,7 +106,7 @@ class WatchView:
 
 def watch_job(api: Api, job_id: str) -> None:
     """Follow a job until it ends; exit code 0 if it completed, 1 otherwise."""
-    job = api.request("GET", f"/jobs/{job_id}")
+    job = api.request("GET", f"/jobs/{job_id}", wait_s=RESTART_WAIT_S)
     view = WatchView(job)
 
     with Live(view.render(), console=console, refresh_per_second=8, transient=False) as live:
@@ -124,7 +125,7 @@ def watch_job(api: Api, job_id: str) -> None:
     if not console.is_terminal:
         console.print()  # Live leaves its last line open when it is not drawing on a terminal
 
-    final = api.request("GET", f"/jobs/{job_id}")
+    final = api.request("GET", f"/jobs/{job_id}", wait_s=RESTART_WAIT_S)
     error = f": {final['error']}" if final["error"] else ""
     console.print(f"job {final['id']} {final['status']}{error}")
     if final["status"] != "completed":

@@ -82,5 +82,7 @@ class Step:
 
 
 def tail(text: str, limit: int) -> str:
-    """The last ``limit`` characters of ``text``."""
+    """The last ``limit`` characters of ``text`` (nothing for a limit of 0 or less)."""
+    if limit <= 0:
+        return ""
     return text[-limit:] if len(text) > limit else text

@@ -65,7 +65,8 @@ class StepHandle:
     async def output_now(self, chunks: list[str]) -> None:
         """Write each chunk as its own ``step.output`` event at once, in one transaction,
         bypassing the rate limit (for handlers that pace themselves)."""
-        await self.stream.close()
+        await self.stream.close()  # buffered text first, to keep the order
+        self.stream = OutputStream(self._write_output, on_lost=self._ctx.stop_requested.set)
         await self._ctx._steps.append_outputs(self.step.id, self._ctx.worker_id, chunks)
 
     async def tokens(self, tokens_input: int, tokens_output: int) -> None:

@@ -189,12 +189,31 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _group_gone(pgid: int) -> None:
-    while True:
+    while _group_alive(pgid):  # noqa: ASYNC110 - no event exists for "a process group emptied"
+        await asyncio.sleep(EXIT_POLL_S)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running. Zombies do not count: they are dead,
+    and whoever adopted them (often PID 1) reaps them in its own time."""
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:  # no /proc: fall back to the signal probe, which also sees zombies
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
-        await asyncio.sleep(EXIT_POLL_S)
+            return False
+        return True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # exited meanwhile
+        state, _ppid, group = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 async def emit(ctx: JobContext) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from stitchwork.domain.retry import RetryPolicy, should_retry
 from stitchwork.queue.base import QueueBackend
 from stitchwork.runtime.context import Handler, JobContext, JobFailed
 from stitchwork.storage.jobs import SqlJobStore
-from stitchwork.storage.steps import SqlStepStore
+from stitchwork.storage.steps import JobLost, SqlStepStore
 
 log = structlog.get_logger(__name__)
 
@@ -246,6 +246,9 @@ class Worker:
             if not running.stopping:
                 raise
             jlog.info("job_stopped", forced=True)
+        except JobLost:
+            # Cancelled or taken over while the handler was writing: nothing of ours to record.
+            jlog.info("job_lost")
         except JobFailed as exc:
             error, result = str(exc), exc.result
             problem = _unstorable(result)

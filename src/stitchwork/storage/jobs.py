@@ -245,7 +245,7 @@ class SqlJobStore(LeaseOperations):
             .limit(limit)
         )
         if types:
-            stmt = stmt.where(_type_filter(types))
+            stmt = stmt.where(_type_filter(types, sqlite=self.db.is_sqlite))
         async with self.db.read() as conn:
             return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
 
@@ -266,7 +266,7 @@ class SqlJobStore(LeaseOperations):
             .limit(limit)
         )
         if types:
-            stmt = stmt.where(_type_filter(types))
+            stmt = stmt.where(_type_filter(types, sqlite=self.db.is_sqlite))
         if job_id is not None:
             stmt = stmt.where(job_events.c.job_id == job_id)
         async with self.db.read() as conn:
@@ -307,6 +307,7 @@ class SqlJobStore(LeaseOperations):
                 now=now,
                 actor=actor,
                 event_type=EventType.JOB_CANCELLED,
+                close_steps="job cancelled",
                 event_payload={"previous_status": job.status.value, "reason": reason},
                 values={"lease_owner": None, "lease_expires_at": None, "completed_at": now},
             )
@@ -362,8 +363,19 @@ class SqlJobStore(LeaseOperations):
         return moved[0]
 
 
-def _type_filter(patterns: Sequence[str]) -> ColumnElement[bool]:
-    """Glob patterns (``step.*``) as SQL LIKE, escaping LIKE's own wildcards."""
+def _type_filter(patterns: Sequence[str], *, sqlite: bool = False) -> ColumnElement[bool]:
+    """Glob patterns (``step.*``) as SQL LIKE, escaping LIKE's own wildcards.
+
+    SQLite's LIKE ignores case (``STEP.*`` would match ``step.output``, unlike Postgres and the
+    bus), so there the pattern goes through the case-sensitive GLOB, with ``[`` kept literal
+    as it is in LIKE."""
+    if sqlite:
+        return or_(
+            *(
+                job_events.c.type.op("GLOB", is_comparison=True)(p.replace("[", "[[]"))
+                for p in patterns
+            )
+        )
     clauses = []
     for pattern in patterns:
         like = (

@@ -170,6 +170,7 @@ class LeaseOperations:
                     now=now,
                     actor=worker_id,
                     event_type=EventType.JOB_RETRIED,
+                    close_steps="the attempt ended before this step did",
                     event_payload={
                         "reason": "failed",
                         "error": error,
@@ -196,6 +197,7 @@ class LeaseOperations:
                     actor=worker_id,
                     event_type=EventType.JOB_FAILED,
                     event_payload={"error": error},
+                    close_steps="the attempt ended before this step did",
                     values={
                         "error": error,
                         "result": result,
@@ -227,6 +229,7 @@ class LeaseOperations:
                 actor=worker_id,
                 event_type=EventType.JOB_REQUEUED,
                 event_payload={"reason": reason, "previous_owner": worker_id},
+                close_steps=f"the worker released the job ({reason})",
                 values={
                     "queued_at": now,
                     "run_after": now,
@@ -278,6 +281,7 @@ class LeaseOperations:
                         actor=actor,
                         event_type=EventType.JOB_REQUEUED,
                         event_payload=payload,
+                        close_steps="the worker stopped responding (lease expired)",
                         values={
                             "attempt": runner_jobs.c.attempt + 1,
                             "queued_at": now,
@@ -301,6 +305,7 @@ class LeaseOperations:
                         actor=actor,
                         event_type=EventType.JOB_FAILED,
                         event_payload={**payload, "error": error},
+                        close_steps="the worker stopped responding (lease expired)",
                         values={
                             "error": error,
                             "completed_at": now,

@@ -9,12 +9,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, insert, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stitchwork.domain.events import Event, EventType
 from stitchwork.domain.jobs import Job, JobStatus
-from stitchwork.storage.tables import job_events, runner_jobs
+from stitchwork.domain.steps import StepStatus
+from stitchwork.storage.tables import job_events, job_steps, runner_jobs
 
 if TYPE_CHECKING:
     from stitchwork.bus.base import EventBus
@@ -145,40 +146,114 @@ async def transition_jobs(
     event_type: EventType,
     event_payload: Mapping[str, Any] | None = None,
     values: Mapping[str, Any] | None = None,
+    close_steps: str | None = None,
 ) -> list[Job]:
     """Move every job matching ``where`` whose status is in ``expected`` to ``to``.
 
     The status check, the version bump and the event's ``seq`` are one ``UPDATE ... RETURNING``
     (a compare-and-set: a row whose status changed meanwhile simply does not match); the event
     rows are inserted in the same transaction. Returns the jobs that moved.
+
+    ``close_steps`` (a reason) also fails the job's still-running steps, for a job leaving
+    ``running`` without its worker (cancelled, lease expired, released). Their ``step.failed``
+    events come before the job's event, so a stream that ends at the job's terminal event has
+    seen them.
     """
+    increment: Any = 1
+    if close_steps is not None:
+        increment = 1 + (
+            select(func.count())
+            .where(
+                job_steps.c.job_id == runner_jobs.c.id,
+                job_steps.c.status == StepStatus.RUNNING.value,
+            )
+            .scalar_subquery()
+        )
     stmt = (
         update(runner_jobs)
         .where(*where, runner_jobs.c.status.in_([s.value for s in expected]))
         .values(
             status=to.value,
             version=runner_jobs.c.version + 1,
-            last_event_seq=runner_jobs.c.last_event_seq + 1,
+            last_event_seq=runner_jobs.c.last_event_seq + increment,
             updated_at=now,
             **(values or {}),
         )
         .returning(*runner_jobs.c)
     )
     moved = [job_from_row(r) for r in (await tx.conn.execute(stmt)).mappings()]
+    rows: list[dict[str, Any]] = []
+    if close_steps is not None and moved:
+        rows += await _fail_open_steps(tx, moved, close_steps, now, actor)
     base = dict(event_payload or {})
-    await insert_events(
-        tx,
-        [
-            event_row(
-                job.id,
-                job.last_event_seq,
-                event_type,
-                actor,
-                {"status": to.value, "attempt": job.attempt, **base},
-                now,
-                workspace_id=job.workspace_id,
-            )
-            for job in moved
-        ],
-    )
+    rows += [
+        event_row(
+            job.id,
+            job.last_event_seq,
+            event_type,
+            actor,
+            {"status": to.value, "attempt": job.attempt, **base},
+            now,
+            workspace_id=job.workspace_id,
+        )
+        for job in moved
+    ]
+    await insert_events(tx, rows)
     return moved
+
+
+async def _fail_open_steps(
+    tx: Tx, jobs: list[Job], reason: str, now: datetime, actor: str
+) -> list[dict[str, Any]]:
+    """Fail the running steps of ``jobs``; returns their ``step.failed`` event rows, numbered
+    just below each job's new ``last_event_seq``."""
+    by_id = {job.id: job for job in jobs}
+    open_steps = (
+        (
+            await tx.conn.execute(
+                update(job_steps)
+                .where(
+                    job_steps.c.job_id.in_(list(by_id)),
+                    job_steps.c.status == StepStatus.RUNNING.value,
+                )
+                .values(status=StepStatus.FAILED.value, error=reason, completed_at=now)
+                .returning(
+                    job_steps.c.id,
+                    job_steps.c.job_id,
+                    job_steps.c.ordinal,
+                    job_steps.c.name,
+                    job_steps.c.started_at,
+                )
+            )
+        )
+        .mappings()
+        .all()
+    )
+    per_job: dict[UUID, list[Any]] = {}
+    for step in sorted(open_steps, key=lambda r: (r["job_id"], r["ordinal"])):
+        per_job.setdefault(step["job_id"], []).append(step)
+    rows = []
+    for job_id, steps in per_job.items():
+        job = by_id[job_id]
+        first = job.last_event_seq - len(steps)
+        for i, open_step in enumerate(steps):
+            started = open_step["started_at"]
+            rows.append(
+                event_row(
+                    job_id,
+                    first + i,
+                    EventType.STEP_FAILED,
+                    actor,
+                    {
+                        "step_id": str(open_step["id"]),
+                        "ordinal": open_step["ordinal"],
+                        "name": open_step["name"],
+                        "duration_s": (now - started).total_seconds() if started else None,
+                        "error": reason,
+                    },
+                    now,
+                    workspace_id=job.workspace_id,
+                    step_id=open_step["id"],
+                )
+            )
+    return rows

@@ -21,7 +21,7 @@ from stitchwork.domain.steps import (
     check_step_transition,
     tail,
 )
-from stitchwork.errors import Conflict, NotFound
+from stitchwork.errors import Conflict, InvalidTransition, NotFound
 from stitchwork.storage.rows import EventWriter, Tx, event_row, insert_events
 from stitchwork.storage.tables import job_steps, runner_jobs
 from stitchwork.storage.types import new_id
@@ -91,7 +91,12 @@ class SqlStepStore:
             )
         return row.last_event_seq - count + 1, row.workspace_id, row.attempt
 
-    async def _step_for_update(self, tx: Tx, step_id: UUID) -> Step:
+    async def _held_step(
+        self, tx: Tx, step_id: UUID, worker_id: str, *, running: bool = False
+    ) -> Step:
+        """The step, locked, after checking that ``worker_id`` still holds its job (``JobLost``
+        otherwise: a cancelled job's worker learns that first, whatever the step's state).
+        ``running=True`` also requires the step to be running (output and events)."""
         row = (
             (
                 await tx.conn.execute(
@@ -103,7 +108,16 @@ class SqlStepStore:
         )
         if row is None:
             raise NotFound(f"step {step_id} not found", step_id=str(step_id))
-        return step_from_row(row)
+        step = step_from_row(row)
+        await self._claim_seqs(tx, step.job_id, worker_id, 0)
+        if running and step.status is not StepStatus.RUNNING:
+            raise InvalidTransition(
+                step.id,
+                step.status.value,
+                StepStatus.RUNNING.value,
+                reason="output and events are recorded on running steps only",
+            )
+        return step
 
     async def _event(
         self,
@@ -196,7 +210,7 @@ class SqlStepStore:
     async def start_step(self, step_id: UUID, worker_id: str) -> Step:
         now = self.clock.now()
         async with self.writer.write() as tx:
-            step = await self._step_for_update(tx, step_id)
+            step = await self._held_step(tx, step_id, worker_id)
             check_step_transition(step.id, step.status, StepStatus.RUNNING)
             await self._event(tx, step, worker_id, EventType.STEP_STARTED, _describe(step))
             return await self._update(tx, step_id, status=StepStatus.RUNNING.value, started_at=now)
@@ -220,7 +234,7 @@ class SqlStepStore:
         if event_type is None:
             raise ValueError(f"finish_step takes a terminal status, not {status.value}")
         async with self.writer.write() as tx:
-            step = await self._step_for_update(tx, step_id)
+            step = await self._held_step(tx, step_id, worker_id)
             check_step_transition(step.id, step.status, status)
             duration = (now - step.started_at).total_seconds() if step.started_at else None
             payload: dict[str, Any] = {"name": step.name, "duration_s": duration}
@@ -249,9 +263,7 @@ class SqlStepStore:
             return
         now = self.clock.now()
         async with self.writer.write() as tx:
-            step = await self._step_for_update(tx, step_id)
-            if step.status is not StepStatus.RUNNING:
-                check_step_transition(step.id, step.status, StepStatus.RUNNING)
+            step = await self._held_step(tx, step_id, worker_id, running=True)
             first, workspace_id, _ = await self._claim_seqs(tx, step.job_id, worker_id, len(chunks))
             rows = []
             for i, chunk in enumerate(chunks):
@@ -282,7 +294,7 @@ class SqlStepStore:
         if tokens_input < 0 or tokens_output < 0:
             raise ValueError("token counts cannot be negative")
         async with self.writer.write() as tx:
-            step = await self._step_for_update(tx, step_id)
+            step = await self._held_step(tx, step_id, worker_id, running=True)
             if step.type is not StepType.AI_ACTION:
                 raise Conflict(
                     f"token usage belongs to ai_action steps; step {step.id} is {step.type.value}"
@@ -308,7 +320,7 @@ class SqlStepStore:
     ) -> None:
         """Any other event about a step (``step.progress``, ``ai.tool_called``, …)."""
         async with self.writer.write() as tx:
-            step = await self._step_for_update(tx, step_id)
+            step = await self._held_step(tx, step_id, worker_id, running=True)
             await self._event(tx, step, worker_id, type_, payload)
 
     async def _update(self, tx: Tx, step_id: UUID, **values: Any) -> Step:
