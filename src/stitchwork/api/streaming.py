@@ -21,6 +21,9 @@ from stitchwork.runtime.engine import Engine
 
 BACKFILL_PAGE = 1000
 RECENT_IDS = 10_000
+# Resume points beyond the columns' range would fail in the database, mid-stream.
+MAX_SEQ = 2**31 - 1  # job_events.seq is a 32-bit INTEGER
+MAX_EVENT_ID = 2**63 - 1  # job_events.id is a BIGINT
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,8 @@ async def job_events(
                     else:
                         yield item
             except SubscriptionClosed:
+                if engine.bus.closed:
+                    return  # shutting down: end the response; the client resumes elsewhere
                 # Dropped for falling behind: subscribe again and catch up from the database.
                 subscription = engine.bus.subscribe(EventFilter(job_id=job_id))
     finally:
@@ -150,6 +155,8 @@ async def workspace_events(
                     elif live.id > after_id and seen.add(live.id):
                         yield live
             except SubscriptionClosed:
+                if engine.bus.closed:
+                    return  # shutting down: end the response; the client resumes elsewhere
                 # Dropped for falling behind: subscribe again and catch up from the database;
                 # what was already delivered live is skipped by ``seen``.
                 subscription = engine.bus.subscribe(event_filter)

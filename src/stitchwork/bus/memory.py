@@ -104,6 +104,13 @@ class InProcessBus:
     def __init__(self, default_buffer: int = DEFAULT_BUFFER) -> None:
         self.default_buffer = default_buffer
         self._subscribers: list[MemorySubscription] = []
+        self.closed = False
+
+    def close(self, reason: str = "the server is shutting down") -> None:
+        """End every subscription (streams finish their responses) and refuse new ones."""
+        self.closed = True
+        for subscriber in list(self._subscribers):
+            subscriber._drop(reason)
 
     @property
     def subscriber_count(self) -> int:
@@ -124,7 +131,10 @@ class InProcessBus:
         self, event_filter: EventFilter, *, buffer: int | None = None
     ) -> MemorySubscription:
         subscription = MemorySubscription(self, event_filter, buffer or self.default_buffer)
-        self._subscribers.append(subscription)
+        if self.closed:
+            subscription._closed = "the server is shutting down"
+        else:
+            self._subscribers.append(subscription)
         return subscription
 
     def _remove(self, subscription: MemorySubscription) -> None:

@@ -11,6 +11,8 @@ import structlog
 def configure_logging(level: str) -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    # Alembic narrates every migration step at INFO; only its warnings matter here.
+    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

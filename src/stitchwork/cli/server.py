@@ -15,6 +15,8 @@ from stitchwork.api.app import create_app
 from stitchwork.runtime.engine import Engine
 from stitchwork.runtime.worker import Worker
 
+API_SHUTDOWN_GRACE_S = 3
+
 
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT and shuts
@@ -44,7 +46,15 @@ async def run_embedded(
     """Start API (+ worker + sweeper); yields once the server listens; stops all on exit."""
     app = create_app(engine)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        # Event streams never finish on their own: without a bound, shutdown would wait for
+        # them forever. Their clients reconnect with Last-Event-ID and lose nothing.
+        timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
     )
     server = _EmbeddedServer(config)
     worker = engine.worker() if with_worker else None
@@ -62,6 +72,7 @@ async def run_embedded(
         running = Running(url=f"http://{host}:{bound[1]}", server=server, worker=worker)
         yield running
     finally:
+        engine.bus.close()  # event streams end their responses instead of holding shutdown
         server.should_exit = True
         if worker is not None:
             worker.stop()
