@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from stitchwork.domain.events import Event
 from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus
@@ -28,11 +28,13 @@ class JobCreate(BaseModel):
 
 
 class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: UUID
     workspace_id: UUID
     type: str
     status: JobStatus
-    queue: str
+    queue: str = Field(validation_alias=AliasChoices("queue", "queue_name"))
     priority: int
     payload: dict[str, Any]
     result: dict[str, Any] | None
@@ -55,32 +57,7 @@ class JobPublic(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
-        return cls(
-            id=job.id,
-            workspace_id=job.workspace_id,
-            type=job.type,
-            status=job.status,
-            queue=job.queue_name,
-            priority=job.priority,
-            payload=job.payload,
-            result=job.result,
-            error=job.error,
-            progress_percent=job.progress_percent,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            idempotency_key=job.idempotency_key,
-            version=job.version,
-            lease_owner=job.lease_owner,
-            lease_expires_at=job.lease_expires_at,
-            run_after=job.run_after,
-            issue_ref=job.issue_ref,
-            agent_profile=job.agent_profile,
-            created_at=job.created_at,
-            queued_at=job.queued_at,
-            started_at=job.started_at,
-            completed_at=job.completed_at,
-            updated_at=job.updated_at,
-        )
+        return cls.model_validate(job)
 
 
 class JobPage(BaseModel):
@@ -89,6 +66,8 @@ class JobPage(BaseModel):
 
 
 class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int = Field(description="global, monotonic")
     job_id: UUID | None
     seq: int = Field(description="1, 2, 3, ... per job, without gaps")
@@ -100,19 +79,12 @@ class EventPublic(BaseModel):
 
     @classmethod
     def of(cls, event: Event) -> EventPublic:
-        return cls(
-            id=event.id,
-            job_id=event.job_id,
-            seq=event.seq,
-            type=event.type,
-            step_id=event.step_id,
-            actor=event.actor,
-            payload=event.payload,
-            created_at=event.created_at,
-        )
+        return cls.model_validate(event)
 
 
 class StepPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: UUID
     job_id: UUID
     ordinal: int
@@ -132,24 +104,7 @@ class StepPublic(BaseModel):
 
     @classmethod
     def of(cls, step: Step) -> StepPublic:
-        return cls(
-            id=step.id,
-            job_id=step.job_id,
-            ordinal=step.ordinal,
-            name=step.name,
-            phase=step.phase,
-            type=step.type,
-            status=step.status,
-            attempt=step.attempt,
-            output_tail=step.output_tail,
-            error=step.error,
-            tokens_input=step.tokens_input,
-            tokens_output=step.tokens_output,
-            duration_s=step.duration_s,
-            created_at=step.created_at,
-            started_at=step.started_at,
-            completed_at=step.completed_at,
-        )
+        return cls.model_validate(step)
 
 
 class JobDetailPublic(JobPublic):
@@ -157,6 +112,8 @@ class JobDetailPublic(JobPublic):
 
 
 class QueuePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     paused: bool
     queued: int
@@ -164,4 +121,4 @@ class QueuePublic(BaseModel):
 
     @classmethod
     def of(cls, info: QueueInfo) -> QueuePublic:
-        return cls(name=info.name, paused=info.paused, queued=info.queued, running=info.running)
+        return cls.model_validate(info)
