@@ -27,7 +27,7 @@ from stitchwork.domain.events import EventType
 from stitchwork.domain.jobs import Job, JobStatus
 from stitchwork.queue.base import CancelListener, QueueInfo
 from stitchwork.storage.db import Database
-from stitchwork.storage.rows import EventWriter, transition_jobs
+from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
 from stitchwork.storage.tables import queue_states, runner_jobs
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,7 @@ CANCEL_CHANNEL = "stitchwork_cancel"
 class SqlQueue:
     def __init__(self, writer: EventWriter) -> None:
         self.writer = writer
+        writer.on_enqueued = self.enqueued_in
         self.db: Database = writer.db
         self.clock: Clock = writer.clock
         self._wake = asyncio.Event()
@@ -75,6 +76,13 @@ class SqlQueue:
                 listener(job_id)
             except Exception:
                 log.exception("cancel_listener_failed", job_id=str(job_id))
+
+    async def enqueued_in(self, tx: Tx, queue_names: set[str]) -> None:
+        """Wake workers for jobs queued in ``tx``: the NOTIFY rides in the transaction (Postgres
+        delivers it at commit, so no extra round trip), the local wake-up follows the commit."""
+        if self.db.is_postgres:
+            await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
+        tx.after_commit.append(self._wake.set)
 
     async def notify_enqueued(self, queue_names: Collection[str]) -> None:
         self._wake.set()

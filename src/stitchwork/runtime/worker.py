@@ -176,6 +176,9 @@ class Worker:
 
     async def _reserve_loop(self) -> None:
         while not self._stop.is_set():
+            # Cleared before reserving, not after: a wake-up that arrives while the reserve
+            # query runs must make the loop look again instead of being lost.
+            self._kick.clear()
             free = self.concurrency - len(self._running)
             if free > 0:
                 try:
@@ -192,7 +195,6 @@ class Worker:
                     self._start(job)
                 if len(jobs) == free:
                     continue  # there may be more due right now
-            self._kick.clear()
             if not self._stop.is_set():
                 await self._kick.wait()
 

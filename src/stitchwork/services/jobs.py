@@ -75,10 +75,9 @@ class JobService:
             raise InvalidRequest(f"at most {MAX_BATCH} jobs per batch", field="jobs")
         specs = [self._spec(new) for new in jobs]
         submitted = await self.store.create_jobs(workspace_id, specs, actor=actor)
-        created = [s.job for s in submitted if s.created]
-        if created:
-            await self.queue.notify_enqueued({j.queue_name for j in created})
-            log.debug("jobs_submitted", count=len(created), workspace_id=str(workspace_id))
+        created = sum(s.created for s in submitted)
+        if created:  # workers were woken by the store's transaction
+            log.debug("jobs_submitted", count=created, workspace_id=str(workspace_id))
         return submitted
 
     async def get(self, workspace_id: UUID, job_id: UUID) -> Job:
@@ -149,6 +148,5 @@ class JobService:
 
     async def retry(self, workspace_id: UUID, job_id: UUID, *, actor: str) -> Job:
         job = await self.store.retry_job(job_id, workspace_id=workspace_id, actor=actor)
-        await self.queue.notify_enqueued([job.queue_name])
         log.info("job_retried", job_id=str(job.id), attempt=job.attempt)
         return job

@@ -187,6 +187,7 @@ class SqlJobStore(LeaseOperations):
         if job_rows:
             await conn.execute(insert(runner_jobs), job_rows)
             await insert_events(tx, events)
+            await self.writer.enqueued(tx, {row["queue_name"] for row in job_rows})
         return out
 
     # -- reads --------------------------------------------------------------------------------
@@ -345,6 +346,7 @@ class SqlJobStore(LeaseOperations):
                     "completed_at": None,
                 },
             )
+            await self.writer.enqueued(tx, {job.queue_name})
         return self._only(moved, job, JobStatus.QUEUED)
 
     async def _locked(self, conn: AsyncConnection, job_id: UUID, workspace_id: UUID | None) -> Job:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,6 +106,10 @@ class Tx:
 
     conn: AsyncConnection
     events: list[Event] = field(default_factory=list)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+
+EnqueueHook = Callable[["Tx", set[str]], Awaitable[None]]
 
 
 class EventWriter:
@@ -112,12 +124,21 @@ class EventWriter:
         self.db = db
         self.clock = clock
         self.bus = bus
+        # Set by the queue backend: wakes workers for jobs queued in a transaction (for the SQL
+        # queue a NOTIFY inside it, delivered at commit, and a local wake-up after commit).
+        self.on_enqueued: EnqueueHook | None = None
+
+    async def enqueued(self, tx: Tx, queue_names: set[str]) -> None:
+        if self.on_enqueued is not None and queue_names:
+            await self.on_enqueued(tx, queue_names)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
         async with self.db.begin() as conn:
             tx = Tx(conn)
             yield tx
+        for callback in tx.after_commit:
+            callback()
         if tx.events and self.bus is not None:
             await self.bus.publish(tx.events)
 
@@ -126,10 +147,16 @@ async def insert_events(tx: Tx, rows: Sequence[dict[str, Any]]) -> list[Event]:
     """Append event rows; returns them with their global ids (and queues them for the bus)."""
     if not rows:
         return []
-    stmt = insert(job_events).returning(job_events.c.id, sort_by_parameter_order=True)
-    ids = (await tx.conn.execute(stmt, list(rows))).scalars().all()
+    # RETURNING without sort_by_parameter_order: SQLite can then insert all rows in one
+    # statement (with it, SQLAlchemy falls back to one INSERT per row). Ids are matched back
+    # through the owner and seq, unique per job (and per execution).
+    stmt = insert(job_events).returning(
+        job_events.c.id, job_events.c.job_id, job_events.c.execution_id, job_events.c.seq
+    )
+    ids = {(r.job_id, r.execution_id, r.seq): r.id for r in await tx.conn.execute(stmt, list(rows))}
     events = [
-        event_from_row({"id": event_id, **row}) for event_id, row in zip(ids, rows, strict=True)
+        event_from_row({"id": ids[(row["job_id"], row["execution_id"], row["seq"])], **row})
+        for row in rows
     ]
     tx.events.extend(events)
     return events

@@ -83,15 +83,6 @@ runner_jobs = Table(
     Column("completed_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("workspace_id", "idempotency_key"),
-    # The reservation query: eligible queued jobs in priority, then due-time order.
-    Index(
-        "ix_runner_jobs_reserve",
-        "queue_name",
-        "priority",
-        "run_after",
-        postgresql_where=text("status = 'queued'"),
-        sqlite_where=text("status = 'queued'"),
-    ),
     # The lease sweeper: running jobs by lease expiry.
     Index(
         "ix_runner_jobs_lease",
@@ -103,6 +94,17 @@ runner_jobs = Table(
     Index("ix_runner_jobs_list", "workspace_id", "id"),
     Index("ix_runner_jobs_status", "workspace_id", "status", "id"),
     Index("ix_runner_jobs_issue_ref", "workspace_id", "issue_ref"),
+)
+
+# The reservation query walks queued jobs in exactly its ORDER BY (priority DESC, run_after,
+# id), so taking the next jobs never sorts the backlog (migration 0003).
+Index(
+    "ix_runner_jobs_reserve",
+    runner_jobs.c.priority.desc(),
+    runner_jobs.c.run_after,
+    runner_jobs.c.id,
+    postgresql_where=text("status = 'queued'"),
+    sqlite_where=text("status = 'queued'"),
 )
 
 job_steps = Table(

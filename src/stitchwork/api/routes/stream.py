@@ -19,7 +19,15 @@ from fastapi.sse import format_sse_event
 
 from stitchwork.api.deps import EngineDep, PrincipalDep
 from stitchwork.api.schemas import EventPublic
-from stitchwork.api.streaming import Complete, Ping, StreamItem, job_events, workspace_events
+from stitchwork.api.streaming import (
+    MAX_EVENT_ID,
+    MAX_SEQ,
+    Complete,
+    Ping,
+    StreamItem,
+    job_events,
+    workspace_events,
+)
 from stitchwork.errors import InvalidRequest
 
 router = APIRouter(tags=["events"])
@@ -34,15 +42,17 @@ TypesQuery = Annotated[
 ]
 
 
-def resume_point(header: str | None, query: str | None) -> int:
-    """The ``Last-Event-ID`` (header first) as a non-negative integer, 0 when absent."""
+def resume_point(header: str | None, query: str | None, maximum: int) -> int:
+    """The ``Last-Event-ID`` (header first) as an integer from 0 to ``maximum``, 0 when
+    absent."""
     raw = header if header is not None else query
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
+    # isdigit() alone accepts "²" (which int() rejects) and other non-ASCII digits.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
         raise InvalidRequest(
             f"Last-Event-ID must be a non-negative integer (the id: of the last event "
-            f"received), not {raw[:40]!r}",
+            f"received; at most {maximum}), not {raw[:40]!r}",
             field="last_event_id",
         )
     return int(raw)
@@ -79,7 +89,7 @@ async def stream_job_events(
 ) -> StreamingResponse:
     """A job's events as they happen (after a backfill of what was missed), ending with
     ``stream.complete`` when the job is terminal."""
-    after = resume_point(last_event_id_header, last_event_id)
+    after = resume_point(last_event_id_header, last_event_id, MAX_SEQ)
     await engine.jobs.get(principal.workspace_id, job_id)  # 404 before the stream starts
     items = job_events(
         engine,
@@ -106,7 +116,7 @@ async def stream_workspace_events(
     if last_event_id_header is None and last_event_id == "latest":
         after = await engine.store.last_event_id()
     else:
-        after = resume_point(last_event_id_header, last_event_id)
+        after = resume_point(last_event_id_header, last_event_id, MAX_EVENT_ID)
     if job_id is not None:
         await engine.jobs.get(principal.workspace_id, job_id)
     items = workspace_events(

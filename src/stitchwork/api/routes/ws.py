@@ -25,7 +25,15 @@ import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from stitchwork.api.schemas import EventPublic
-from stitchwork.api.streaming import Complete, Ping, StreamItem, job_events, workspace_events
+from stitchwork.api.streaming import (
+    MAX_EVENT_ID,
+    MAX_SEQ,
+    Complete,
+    Ping,
+    StreamItem,
+    job_events,
+    workspace_events,
+)
 from stitchwork.domain.events import EventType
 from stitchwork.errors import NotFound, StitchworkError
 from stitchwork.runtime.engine import Engine
@@ -121,8 +129,12 @@ class _Connection:
         if not isinstance(room, str) or not room:
             await self.error('subscribe needs a "room", e.g. "job:<id>"')
             return
-        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-            await self.error(f'"after" must be a non-negative integer, not {after!r}', room=room)
+        limit = MAX_SEQ if room.startswith("job:") else MAX_EVENT_ID
+        if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= limit:
+            await self.error(
+                f'"after" must be a non-negative integer (at most {limit}), not {after!r}',
+                room=room,
+            )
             return
         if room in self.rooms:
             await self.error(f"already subscribed to {room!r}", room=room)
