@@ -20,6 +20,7 @@ DURATION_FIELDS = (
     "backoff_base",
     "backoff_max",
     "sse_ping_interval",
+    "stream_poll_interval",
     "ws_auth_timeout",
 )
 
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     cancel_grace: timedelta = timedelta(seconds=5)
 
     sse_ping_interval: timedelta = timedelta(seconds=15)
+    stream_poll_interval: timedelta = Field(
+        default=timedelta(seconds=1),
+        description="an idle stream re-reads the database this often (events of other processes)",
+    )
     subscriber_buffer: int = Field(
         default=10_000,
         ge=10,
@@ -88,6 +93,7 @@ class Settings(BaseSettings):
         "sweep_interval",
         "poll_interval",
         "sse_ping_interval",
+        "stream_poll_interval",
         "ws_auth_timeout",
     )
     @classmethod

@@ -16,6 +16,7 @@ from stitchwork.api.schemas import (
     JobPublic,
     StepPublic,
 )
+from stitchwork.api.streaming import MAX_SEQ
 from stitchwork.domain.jobs import JobStatus, NewJob
 from stitchwork.errors import InvalidRequest
 
@@ -139,7 +140,7 @@ async def job_events(
     job_id: UUID,
     engine: EngineDep,
     principal: PrincipalDep,
-    after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="only events with seq > after")] = 0,
     type_: Annotated[
         list[str] | None,
         Query(alias="type", description="event type or glob (step.*); repeatable"),

@@ -14,7 +14,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from stitchwork.api.deps import EngineDep, PrincipalDep
@@ -78,7 +78,11 @@ def _response(frames: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/jobs/{job_id}/events/stream", response_class=StreamingResponse)
+@router.get(
+    "/jobs/{job_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={204: {"description": "resumed after the last event of a finished job"}},
+)
 async def stream_job_events(
     job_id: UUID,
     engine: EngineDep,
@@ -86,11 +90,15 @@ async def stream_job_events(
     type_: TypesQuery = None,
     last_event_id: Annotated[str | None, Query(description="resume after this seq")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> StreamingResponse:
+) -> Response:
     """A job's events as they happen (after a backfill of what was missed), ending with
     ``stream.complete`` when the job is terminal."""
     after = resume_point(last_event_id_header, last_event_id, MAX_SEQ)
-    await engine.jobs.get(principal.workspace_id, job_id)  # 404 before the stream starts
+    job = await engine.jobs.get(principal.workspace_id, job_id)  # 404 before the stream starts
+    if after and job.is_terminal and after >= job.last_event_seq:
+        # A client resuming a finished job has everything: 204 tells a browser's EventSource
+        # to stop reconnecting (it would otherwise get stream.complete every 3 s, forever).
+        return Response(status_code=204)
     items = job_events(
         engine,
         job_id,
