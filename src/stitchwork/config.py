@@ -122,10 +122,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-    @property
     def credentials_path(self) -> Path:
         return self.data_dir / "credentials.json"
 

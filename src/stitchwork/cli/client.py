@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import typer
 
 from stitchwork.cli.output import fail
 from stitchwork.config import Settings
@@ -102,7 +101,3 @@ class Api:
 
 def api_from(settings: Settings) -> Api:
     return Api(resolve(settings))
-
-
-def exit_with(code: int) -> None:
-    raise typer.Exit(code)

@@ -47,12 +47,6 @@ class AuthService:
             return existing, False
         return await self.store.create_workspace(name), True
 
-    async def get_workspace(self, name: str) -> Workspace:
-        ws = await self.store.find_workspace(name)
-        if ws is None:
-            raise NotFound(f"workspace {name!r} not found", workspace=name)
-        return ws
-
     async def create_key(self, workspace_name: str, name: str) -> tuple[ApiKey, str]:
         """A new key for the workspace; returns the record and the clear key (shown once)."""
         if not name or len(name) > 100:
