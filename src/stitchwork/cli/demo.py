@@ -114,9 +114,12 @@ def _bar(percent: int, width: int = 10) -> Text:
 
 def _table(rows: list[tuple[DemoJob, dict[str, Any]]], elapsed_s: float) -> Table:
     table = Table(title=f"stitchwork demo · {elapsed_s:4.1f}s", header_style="bold", expand=False)
-    for column in ("job", "status", "attempt", "progress"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("note", max_width=30, overflow="ellipsis", no_wrap=True)
+    # Fits 80 columns: the note gives way first, never the status.
+    table.add_column("job", no_wrap=True, min_width=17)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("try", no_wrap=True, min_width=3)
+    table.add_column("progress", no_wrap=True, min_width=15)
+    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=20)
     for demo_job, job in rows:
         note = job["error"] or ""
         table.add_row(
