@@ -20,7 +20,7 @@ DURATION_FIELDS = (
     "backoff_base",
     "backoff_max",
     "sse_ping_interval",
-    "stream_poll_interval",
+    "event_tail_interval",
     "ws_auth_timeout",
 )
 
@@ -55,9 +55,9 @@ class Settings(BaseSettings):
     cancel_grace: timedelta = timedelta(seconds=5)
 
     sse_ping_interval: timedelta = timedelta(seconds=15)
-    stream_poll_interval: timedelta = Field(
+    event_tail_interval: timedelta = Field(
         default=timedelta(seconds=1),
-        description="an idle stream re-reads the database this often (events of other processes)",
+        description="how often an API process reads events committed by other processes",
     )
     subscriber_buffer: int = Field(
         default=10_000,
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         "sweep_interval",
         "poll_interval",
         "sse_ping_interval",
-        "stream_poll_interval",
+        "event_tail_interval",
         "ws_auth_timeout",
     )
     @classmethod

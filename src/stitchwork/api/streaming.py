@@ -6,14 +6,13 @@ and is delivered once either way. A live event whose ``seq`` skips ahead makes t
 re-read the gap from the database; a subscription the bus dropped (slow consumer) is replaced
 and the stream catches up from the database. So delivery order is always ``seq`` order.
 
-The bus is in-process. Events committed by another process (a separate ``stitchwork worker``)
-are found by re-reading the database whenever a stream has been idle for
-``stream_poll_interval`` (1 s): they arrive within about that long.
+Events committed by other processes (a separate ``stitchwork worker``) reach this process's bus
+through the ``EventTailer`` (one database read per ``event_tail_interval`` for the whole
+process, whatever the number of streams).
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -108,22 +107,16 @@ async def _job_backfill(
 async def _job_live(
     engine: Engine, subscription: Subscription, job_id: UUID, last: int, ping_s: float
 ) -> AsyncIterator[StreamItem]:
-    poll_s = engine.settings.stream_poll_interval.total_seconds()
-    pinged = time.monotonic()
     while True:
-        event = await subscription.get(timeout_s=min(poll_s, ping_s))
+        event = await subscription.get(timeout_s=ping_s)
         if event is None:
-            # Idle: events committed by another process (a separate `stitchwork worker`) do
-            # not pass through this process's bus, so look for them in the database.
+            # Idle for a ping interval: also re-read the database, a safety net should an
+            # event never reach this process's bus.
             async for missed in _job_backfill(engine, job_id, last, None):
                 last = missed.seq
-                pinged = time.monotonic()
                 yield missed
-            if time.monotonic() - pinged >= ping_s:
-                pinged = time.monotonic()
-                yield Ping()
+            yield Ping()
             continue
-        pinged = time.monotonic()
         if event.seq <= last:
             continue  # already delivered by the backfill
         if event.seq > last + 1:  # a gap: read it from the database, in order
@@ -147,7 +140,6 @@ async def workspace_events(
     types only). Never completes. Resume with the ``id`` of the last event received."""
     event_filter = EventFilter(workspace_id=workspace_id, job_id=job_id, types=types)
     subscription = engine.bus.subscribe(event_filter)
-    poll_s = engine.settings.stream_poll_interval.total_seconds()
     seen = _RecentIds(RECENT_IDS)
     cursor = after_id
     try:
@@ -163,30 +155,13 @@ async def workspace_events(
                 if len(page) < BACKFILL_PAGE:
                     break
             try:
-                pinged = time.monotonic()
                 while True:
-                    live = await subscription.get(timeout_s=min(poll_s, ping_s))
+                    live = await subscription.get(timeout_s=ping_s)
                     if live is None:
-                        # Idle: pick up events committed by other processes from the database.
-                        page = await engine.store.list_workspace_events(
-                            workspace_id,
-                            after_id=cursor,
-                            limit=BACKFILL_PAGE,
-                            types=types,
-                            job_id=job_id,
-                        )
-                        for event in page:
-                            cursor = event.id
-                            if seen.add(event.id):
-                                pinged = time.monotonic()
-                                yield event
-                        if time.monotonic() - pinged >= ping_s:
-                            pinged = time.monotonic()
-                            yield Ping()
+                        yield Ping()
                     # Events of different jobs may be published slightly out of id order:
                     # de-duplicate by id instead of dropping whatever is below the last id.
                     elif live.id > after_id and seen.add(live.id):
-                        pinged = time.monotonic()
                         yield live
             except SubscriptionClosed:
                 if engine.bus.closed:

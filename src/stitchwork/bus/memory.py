@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 import structlog
@@ -14,6 +15,7 @@ from stitchwork.domain.events import Event
 log = structlog.get_logger(__name__)
 
 DEFAULT_BUFFER = 10_000
+PUBLISHED_MEMORY = 100_000
 
 
 class MemorySubscription:
@@ -105,6 +107,7 @@ class InProcessBus:
         self.default_buffer = default_buffer
         self._subscribers: list[MemorySubscription] = []
         self.closed = False
+        self._published: OrderedDict[int, None] = OrderedDict()  # recent ids, for the tailer
 
     def close(self, reason: str = "the server is shutting down") -> None:
         """End every subscription (streams finish their responses) and refuse new ones."""
@@ -116,7 +119,14 @@ class InProcessBus:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    def was_published(self, event_id: int) -> bool:
+        return event_id in self._published
+
     async def publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._published[event.id] = None
+        while len(self._published) > PUBLISHED_MEMORY:
+            self._published.popitem(last=False)
         for subscriber in list(self._subscribers):
             try:
                 for event in events:

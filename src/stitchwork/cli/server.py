@@ -13,6 +13,7 @@ import uvicorn
 
 from stitchwork.api.app import create_app
 from stitchwork.runtime.engine import Engine
+from stitchwork.runtime.tailer import EventTailer
 from stitchwork.runtime.worker import Worker
 
 API_SHUTDOWN_GRACE_S = 3
@@ -61,7 +62,13 @@ async def run_embedded(
     tasks = [asyncio.create_task(server.serve(), name="api")]
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run(), name="worker"))
-    tasks.append(asyncio.create_task(engine.sweeper().run(), name="sweeper"))
+    tailer = EventTailer(
+        engine.store, engine.bus, interval_s=engine.settings.event_tail_interval.total_seconds()
+    )
+    loops = [  # run until cancelled
+        asyncio.create_task(tailer.run(), name="event-tailer"),
+        asyncio.create_task(engine.sweeper().run(), name="sweeper"),
+    ]
     try:
         while not server.started:
             if tasks[0].done():  # failed to bind: surface the error
@@ -76,9 +83,10 @@ async def run_embedded(
         server.should_exit = True
         if worker is not None:
             worker.stop()
-        await asyncio.gather(*tasks[:-1], return_exceptions=True)
-        tasks[-1].cancel()
-        await asyncio.gather(tasks[-1], return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
 
 
 async def wait_for_signal() -> None:

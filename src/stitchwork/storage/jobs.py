@@ -273,6 +273,14 @@ class SqlJobStore(LeaseOperations):
         async with self.db.read() as conn:
             return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
 
+    async def list_events_since(self, after_id: int, *, limit: int = 1000) -> list[Event]:
+        """Every event with a global ``id > after_id``, in id order (the event tailer)."""
+        stmt = (
+            select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id)
+        ).limit(limit)
+        async with self.db.read() as conn:
+            return [event_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
     async def last_event_id(self) -> int:
         async with self.db.read() as conn:
             return int((await conn.execute(select(func.max(job_events.c.id)))).scalar() or 0)

@@ -1,0 +1,42 @@
+"""The event tailer brings events committed by other processes into this process's bus."""
+
+from __future__ import annotations
+
+from stitchwork.bus.base import EventFilter
+from stitchwork.domain.jobs import NewJob
+from stitchwork.runtime.engine import Engine
+from stitchwork.runtime.tailer import EventTailer
+from tests.conftest import Backend
+
+
+async def _drain(subscription: object) -> list[int]:
+    ids = []
+    while (event := await subscription.get(timeout_s=0)) is not None:  # type: ignore[attr-defined]
+        ids.append(event.id)
+    return ids
+
+
+async def test_events_of_another_process_reach_the_bus_once_and_local_ones_are_not_repeated(
+    backend: Backend, engine: Engine
+) -> None:
+    other = await backend.open_engine()  # a separate process: its own pools and its own bus
+    try:
+        ws, _ = await engine.auth.ensure_workspace()
+        tailer = EventTailer(engine.store, engine.bus, interval_s=1)
+        assert await tailer.tail_once() == 0  # the first call only finds where "now" is
+        subscription = engine.bus.subscribe(EventFilter(workspace_id=ws.id))
+
+        local = await engine.jobs.submit(ws.id, NewJob("noop"), actor="here")
+        remote = await other.jobs.submit(ws.id, NewJob("noop"), actor="there")
+        live_before_tail = await _drain(subscription)
+
+        assert await tailer.tail_once() == 2  # remote's job.created and job.queued
+        assert await tailer.tail_once() == 0  # nothing is published twice
+        tailed = await _drain(subscription)
+
+        local_ids = [e.id for e in await engine.store.list_events(local.job.id)]
+        remote_ids = [e.id for e in await engine.store.list_events(remote.job.id)]
+        assert live_before_tail == local_ids  # published by this process at commit
+        assert tailed == remote_ids  # brought in by the tailer, in id order
+    finally:
+        await other.close()
