@@ -36,10 +36,6 @@ class QueueBackend(Protocol):
         queues; they come back ``running`` and leased to ``worker_id``."""
         ...
 
-    async def notify_enqueued(self, queue_names: Collection[str]) -> None:
-        """Wake idle workers: new jobs are due."""
-        ...
-
     async def notify_cancelled(self, job_ids: Collection[UUID]) -> None:
         """Tell the workers running these jobs to stop them."""
         ...

@@ -84,12 +84,6 @@ class SqlQueue:
             await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
         tx.after_commit.append(self._wake.set)
 
-    async def notify_enqueued(self, queue_names: Collection[str]) -> None:
-        self._wake.set()
-        if self.db.is_postgres:
-            async with self.db.begin() as conn:
-                await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
-
     async def notify_cancelled(self, job_ids: Collection[UUID]) -> None:
         if self.db.is_postgres:
             async with self.db.begin() as conn:
@@ -110,8 +104,11 @@ class SqlQueue:
             self._cancel_listeners.remove(listener)
 
     async def wait_for_work(self, timeout: timedelta) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the event is set, and a worker shutting down would never stop its waker.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout.total_seconds())
+            async with asyncio.timeout(timeout.total_seconds()):
+                await self._wake.wait()
         self._wake.clear()
 
     # -- reservation -------------------------------------------------------------------------
@@ -169,10 +166,10 @@ class SqlQueue:
         stmt = stmt.on_conflict_do_update(
             index_elements=[queue_states.c.name], set_={"paused": paused, "updated_at": now}
         )
-        async with self.db.begin() as conn:
-            await conn.execute(stmt)  # an upsert: two processes pausing at once both succeed
-        if not paused:
-            await self.notify_enqueued([name])
+        async with self.writer.write() as tx:
+            await tx.conn.execute(stmt)  # an upsert: two processes pausing at once both succeed
+            if not paused:
+                await self.enqueued_in(tx, {name})
 
     async def pause(self, name: str) -> None:
         await self._set_paused(name, True)

@@ -202,7 +202,9 @@ class JobContext:
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless asked to stop; returns True if a stop was requested."""
         try:
-            await asyncio.wait_for(self.stop_requested.wait(), seconds)
+            # asyncio.timeout keeps a cancellation that races the stop flag (wait_for may not)
+            async with asyncio.timeout(seconds):
+                await self.stop_requested.wait()
         except TimeoutError:
             return False
         return True

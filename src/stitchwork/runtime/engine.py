@@ -110,7 +110,6 @@ class Engine:
     def sweeper(self, actor: str | None = None) -> LeaseSweeper:
         return LeaseSweeper(
             self.store,
-            self.queue,
             interval_s=self.settings.sweep_interval.total_seconds(),
             actor=actor or f"sweeper:{new_worker_id()}",
         )

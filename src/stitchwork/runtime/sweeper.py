@@ -6,7 +6,6 @@ import asyncio
 
 import structlog
 
-from stitchwork.queue.base import QueueBackend
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.leases import SweepResult
 
@@ -14,11 +13,10 @@ log = structlog.get_logger(__name__)
 
 
 class LeaseSweeper:
-    def __init__(
-        self, store: SqlJobStore, queue: QueueBackend, *, interval_s: float, actor: str
-    ) -> None:
+    """Re-queued jobs wake workers from inside the sweep's transaction (the store's hook)."""
+
+    def __init__(self, store: SqlJobStore, *, interval_s: float, actor: str) -> None:
         self.store = store
-        self.queue = queue
         self.interval_s = interval_s
         self.actor = actor
 
@@ -28,8 +26,6 @@ class LeaseSweeper:
             log.warning("lease_expired_requeued", job_id=str(job.id), attempt=job.attempt)
         for job in result.failed:
             log.warning("lease_expired_failed", job_id=str(job.id), attempt=job.attempt)
-        if result.requeued:
-            await self.queue.notify_enqueued({j.queue_name for j in result.requeued})
         return result
 
     async def run(self) -> None:

@@ -217,7 +217,7 @@ class LeaseOperations:
             return []
         now = self.clock.now()
         async with self.writer.write() as tx:
-            return await transition_jobs(
+            released = await transition_jobs(
                 tx,
                 where=[
                     runner_jobs.c.id.in_(list(job_ids)),
@@ -238,6 +238,8 @@ class LeaseOperations:
                     "lease_expires_at": None,
                 },
             )
+            await self.writer.enqueued(tx, {job.queue_name for job in released})
+        return released
 
     async def expire_leases(self, *, actor: str, limit: int = 500) -> SweepResult:
         """Re-queue running jobs whose lease expired (their worker is gone) with attempt + 1,
@@ -313,6 +315,7 @@ class LeaseOperations:
                             "lease_expires_at": None,
                         },
                     )
+            await self.writer.enqueued(tx, {job.queue_name for job in requeued})
         return SweepResult(requeued=requeued, failed=failed)
 
 
