@@ -13,9 +13,11 @@ How it runs:
    ready once every stream delivered the job's backfill (so its live subscription exists);
 3. wait until the server settles (at most 20 s; its CPU use then is reported as the cost of
    idle subscribers), then resume the queue: every event the job writes is live for everyone;
-4. each client records, per event, receive time - the event's ``created_at`` (same machine,
-   same clock) and checks each stream's ``seq`` for gaps and duplicates; backfilled events are
-   checked but not timed.
+4. each client checks each stream's ``seq`` for gaps and duplicates as the events arrive and
+   keeps their receive time; after the run it times every event: receive time - the event's
+   ``created_at`` (same machine, same clock); backfilled events are checked but not timed.
+   The clients are lean (bare asyncio protocols, bytes parsing, each distinct read parsed once
+   per process: ``_fanout_client.py``) because they share the machine with the server.
 
 Meanwhile the server's RSS (``/proc/<pid>/status``) and CPU time are sampled, ``/healthz`` is
 timed, and the CPU used by other processes on the machine is reported (it competes with the
@@ -268,6 +270,7 @@ class Bench:
                 f"--timeout={self.args.timeout}",
                 f"--out={out}",
                 "--ws-deflate" if self.args.ws_deflate else "--no-ws-deflate",
+                f"--read-tick-ms={self.args.read_tick_ms}",
             ]
             # The key goes by environment: command lines are visible to every user.
             self._spawn(argv, f"client-{i}.log", {**os.environ, CLIENT_KEY_ENV: self.key})
@@ -464,6 +467,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout", type=float, help="seconds clients wait for the end (3 x --seconds + 60)"
+    )
+    parser.add_argument(
+        "--read-tick-ms",
+        type=float,
+        default=5.0,
+        help="clients look at their sockets once per tick, so that one wake-up reads many "
+        "(over loopback the server pays for each wake-up; included in the latency; 0: at "
+        "once; default 5)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(

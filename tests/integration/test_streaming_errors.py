@@ -200,7 +200,8 @@ async def test_ws_errors_name_what_is_wrong_and_keep_the_connection(
             ("job:not-a-uuid", "no such job"),
             (f"workspace:{other_workspace}:jobs", "this key may not see that workspace"),
             ("workspace:nope:jobs", "not a workspace id"),
-            ("queue:default", "unknown room 'queue:default'; expected job:<id> or workspace"),
+            ("queue:default", "unknown room 'queue:default'; expected job:<id>, execution:<id>"),
+            ("execution:not-a-uuid", "no such execution"),
             (f"workspace:{server.workspace_id}", "unknown room"),
         ]:
             answer = await _answer(ws, {"action": "subscribe", "room": room})

@@ -20,10 +20,21 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # HTTP/1.x frames a request body with one of these two headers; HTTP/2 need not.
+        has_body = scope.get("http_version", "1.1") not in ("1.0", "1.1")
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
-                return
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await self._reject(send)
+                    return
+                has_body = has_body or value != b"0"
+            elif name == b"transfer-encoding":
+                has_body = True
+        if not has_body:
+            # Nothing to count, and wrapping send would cost every chunk of a long event stream
+            # an extra call.
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
         exceeded = False

@@ -8,7 +8,7 @@ the record, and a subscriber that falls behind is disconnected with the seq to r
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -48,11 +48,24 @@ class SubscriptionClosed(Exception):
         self.last_event = last_event
 
 
+# Takes a batch of live events off the bus's hands (writes them out at once) and returns True,
+# or returns False to leave them to the consumer waiting in get_batch. Never awaits.
+Sink = Callable[[list[Event]], bool]
+
+
 class Subscription(Protocol):
+    sink: Sink | None
+    """Set by a consumer that can write live events without being woken (see the adapter)."""
+
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
     async def get(self, timeout_s: float | None = None) -> Event | None:
         """The next event, or None after ``timeout_s``; raises ``SubscriptionClosed``."""
+        ...
+
+    async def get_batch(self, timeout_s: float | None = None) -> list[Event]:
+        """Every event queued so far (at least one), or ``[]`` after ``timeout_s``; raises
+        ``SubscriptionClosed``. A stream writes them together: one write per wake-up."""
         ...
 
     def close(self) -> None: ...

@@ -16,18 +16,21 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
+from starlette.types import Receive, Scope, Send
 
 from stitchwork.api.deps import EngineDep, PrincipalDep
-from stitchwork.api.schemas import EventPublic
+from stitchwork.api.direct import body_writer
 from stitchwork.api.streaming import (
     MAX_EVENT_ID,
     MAX_SEQ,
     Complete,
+    JobEvents,
     Ping,
     StreamItem,
-    job_events,
-    workspace_events,
+    workspace_event_batches,
 )
+from stitchwork.api.wire import sse_chunk, sse_frame
+from stitchwork.domain.events import Event
 from stitchwork.errors import InvalidRequest
 
 router = APIRouter(tags=["events"])
@@ -35,6 +38,7 @@ router = APIRouter(tags=["events"])
 RETRY_MS = 3000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PING = b": ping\n\n"
+RETRY_FRAME = format_sse_event(retry=RETRY_MS)
 
 TypesQuery = Annotated[
     list[str] | None,
@@ -58,24 +62,60 @@ def resume_point(header: str | None, query: str | None, maximum: int) -> int:
     return int(raw)
 
 
-async def _frames(items: AsyncIterator[StreamItem], *, by_seq: bool) -> AsyncIterator[bytes]:
-    yield format_sse_event(retry=RETRY_MS)
-    async for item in items:
-        if isinstance(item, Ping):
-            yield PING
-        elif isinstance(item, Complete):
-            data = json.dumps({"job_id": str(item.job_id), "status": item.status})
-            yield format_sse_event(event="stream.complete", data_str=data)
+async def _frames(
+    batches: AsyncIterator[list[StreamItem]], *, by_seq: bool
+) -> AsyncIterator[bytes]:
+    """One chunk per batch: the events that were ready together go out in one write."""
+    yield RETRY_FRAME
+    async for batch in batches:
+        events = [item for item in batch if isinstance(item, Event)]
+        if len(events) == len(batch):  # the common case: shared with the round's other streams
+            yield sse_chunk(events, by_seq=by_seq)
         else:
-            yield format_sse_event(
-                id=str(item.seq if by_seq else item.id),
-                event=item.type,
-                data_str=EventPublic.of(item).model_dump_json(),
-            )
+            yield b"".join([_frame(item, by_seq) for item in batch])
 
 
-def _response(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+def _frame(item: StreamItem, by_seq: bool) -> bytes:
+    if isinstance(item, Ping):
+        return PING
+    if isinstance(item, Complete):
+        data = json.dumps({"job_id": str(item.job_id), "status": item.status})
+        return format_sse_event(event="stream.complete", data_str=data)
+    return sse_frame(item, by_seq=by_seq)
+
+
+class EventStreamResponse(StreamingResponse):
+    """A ``StreamingResponse`` whose chunks go through ``direct.body_writer``: straight to
+    the socket where the server allows it (the headers and the end still go through ASGI).
+    With ``live``, that job's live events are written by the bus as they come (``follow``)."""
+
+    def __init__(self, frames: AsyncIterator[bytes], live: JobEvents | None = None) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._frames = frames
+        self._live = live
+        self._receive: Receive | None = None
+        self._scope: Scope = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope, self._receive = scope, receive
+        subscribers = scope["app"].state.engine.metrics.streams.labels("sse")
+        subscribers.inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            subscribers.dec()
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        assert self._receive is not None
+        writer = body_writer(self._scope, self._receive, send)
+        if self._live is not None and writer.direct:
+            self._live.follow(lambda events: writer.write_now(sse_chunk(events, by_seq=True)))
+        async for chunk in self._frames:
+            await writer.write(chunk)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @router.get(
@@ -99,14 +139,14 @@ async def stream_job_events(
         # A client resuming a finished job has everything: 204 tells a browser's EventSource
         # to stop reconnecting (it would otherwise get stream.complete every 3 s, forever).
         return Response(status_code=204)
-    items = job_events(
+    live = JobEvents(
         engine,
         job_id,
         after_seq=after,
         types=tuple(type_ or ()),
         ping_s=engine.settings.sse_ping_interval.total_seconds(),
     )
-    return _response(_frames(items, by_seq=True))
+    return EventStreamResponse(_frames(live.batches(), by_seq=True), live)
 
 
 @router.get("/events/stream", response_class=StreamingResponse)
@@ -127,7 +167,7 @@ async def stream_workspace_events(
         after = resume_point(last_event_id_header, last_event_id, MAX_EVENT_ID)
     if job_id is not None:
         await engine.jobs.get(principal.workspace_id, job_id)
-    items = workspace_events(
+    batches = workspace_event_batches(
         engine,
         principal.workspace_id,
         after_id=after,
@@ -135,4 +175,4 @@ async def stream_workspace_events(
         job_id=job_id,
         ping_s=engine.settings.sse_ping_interval.total_seconds(),
     )
-    return _response(_frames(items, by_seq=False))
+    return EventStreamResponse(_frames(batches, by_seq=False))

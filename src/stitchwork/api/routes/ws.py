@@ -4,13 +4,14 @@ Client -> server (JSON text messages):
     {"action": "auth", "token": "sw_..."}                 must be first (else close 1008)
     {"action": "subscribe", "room": "job:<id>", "after": 12}
     {"action": "subscribe", "room": "workspace:<id>:jobs", "after": 3456}
+    {"action": "subscribe", "room": "execution:<id>", "after": 7}
     {"action": "unsubscribe", "room": "job:<id>"}
     {"action": "ping"}
 Server -> client:
     {"event": "job:status", "room": "job:<id>", "seq": 3, "id": 871, "data": {<event>}}
     {"event": "subscribed" | "unsubscribed" | "authenticated" | "pong" | "stream:complete", ...}
     {"event": "error", "message": "..."}
-``after`` is a seq for job rooms and a global event id for workspace rooms.
+``after`` is a seq for job and execution rooms and a global event id for workspace rooms.
 """
 
 from __future__ import annotations
@@ -18,23 +19,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from stitchwork.api.schemas import EventPublic
+from stitchwork.api.direct import TextSender
+from stitchwork.api.execution_stream import (
+    ExecutionComplete,
+    ExecutionItem,
+    execution_event_batches,
+)
 from stitchwork.api.streaming import (
     MAX_EVENT_ID,
     MAX_SEQ,
     Complete,
+    JobEvents,
     Ping,
     StreamItem,
-    job_events,
-    workspace_events,
+    workspace_event_batches,
 )
-from stitchwork.domain.events import EventType
+from stitchwork.api.wire import WsMessage, ws_frames, ws_message
 from stitchwork.errors import NotFound, StitchworkError
 from stitchwork.runtime.engine import Engine
 from stitchwork.services.auth import Principal
@@ -45,23 +52,6 @@ log = structlog.get_logger(__name__)
 POLICY_VIOLATION = 1008
 ACTIONS = ("subscribe", "unsubscribe", "ping")
 
-# A job's status changes share one message name; everything else is its type as noun:verb.
-STATUS_EVENTS = frozenset(
-    {
-        EventType.JOB_QUEUED,
-        EventType.JOB_STARTED,
-        EventType.JOB_COMPLETED,
-        EventType.JOB_FAILED,
-        EventType.JOB_CANCELLED,
-        EventType.JOB_RETRIED,
-        EventType.JOB_REQUEUED,
-    }
-)
-
-
-def message_name(event_type: str) -> str:
-    return "job:status" if event_type in STATUS_EVENTS else event_type.replace(".", ":")
-
 
 class _Connection:
     def __init__(self, ws: WebSocket, engine: Engine, principal: Principal) -> None:
@@ -69,11 +59,11 @@ class _Connection:
         self.engine = engine
         self.principal = principal
         self.rooms: dict[str, asyncio.Task[None]] = {}
-        self._send_lock = asyncio.Lock()
+        # One sender for every room: a batch goes out whole, another room's never in between.
+        self.sender = TextSender(ws)
 
     async def send(self, message: dict[str, Any]) -> None:
-        async with self._send_lock:
-            await self.ws.send_text(json.dumps(message, default=str))
+        await self.sender.send([WsMessage(json.dumps(message, default=str))])
 
     async def error(self, message: str, **extra: Any) -> None:
         await self.send({"event": "error", "message": message, **extra})
@@ -102,7 +92,9 @@ class _Connection:
                 action=str(action),
             )
 
-    async def _items(self, room: str, after: int) -> Any:
+    async def _items(
+        self, room: str, after: int
+    ) -> AsyncIterator[list[StreamItem]] | AsyncIterator[list[ExecutionItem]] | str:
         """The stream behind a room, or an error message why the key may not see it."""
         kind, _, rest = room.partition(":")
         settings = self.engine.settings
@@ -113,7 +105,10 @@ class _Connection:
                 await self.engine.jobs.get(self.principal.workspace_id, job_id)
             except (ValueError, NotFound):
                 return f"room {room!r}: no such job in this key's workspace"
-            return job_events(self.engine, job_id, after_seq=after, ping_s=ping_s)
+            live = JobEvents(self.engine, job_id, after_seq=after, ping_s=ping_s)
+            if self.sender.direct:
+                live.follow(lambda events: self.sender.write_now(*ws_frames(events, room)))
+            return live.batches()
         if kind == "workspace" and rest.endswith(":jobs"):
             try:
                 workspace_id = UUID(rest.removesuffix(":jobs"))
@@ -121,15 +116,24 @@ class _Connection:
                 return f"room {room!r}: not a workspace id"
             if workspace_id != self.principal.workspace_id:
                 return f"room {room!r}: this key may not see that workspace"
-            return workspace_events(self.engine, workspace_id, after_id=after, ping_s=ping_s)
-        return f"unknown room {room!r}; expected job:<id> or workspace:<id>:jobs"
+            return workspace_event_batches(self.engine, workspace_id, after_id=after, ping_s=ping_s)
+        if kind == "execution":
+            try:
+                execution_id = UUID(rest)
+                await self.engine.executions.get(self.principal.workspace_id, execution_id)
+            except (ValueError, NotFound):
+                return f"room {room!r}: no such execution in this key's workspace"
+            return execution_event_batches(
+                self.engine, execution_id, after_seq=after, ping_s=ping_s
+            )
+        return f"unknown room {room!r}; expected job:<id>, execution:<id> or workspace:<id>:jobs"
 
     async def subscribe(self, message: dict[str, Any]) -> None:
         room, after = message.get("room"), message.get("after", 0)
         if not isinstance(room, str) or not room:
             await self.error('subscribe needs a "room", e.g. "job:<id>"')
             return
-        limit = MAX_SEQ if room.startswith("job:") else MAX_EVENT_ID
+        limit = MAX_SEQ if room.startswith(("job:", "execution:")) else MAX_EVENT_ID
         if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= limit:
             await self.error(
                 f'"after" must be a non-negative integer (at most {limit}), not {after!r}',
@@ -157,26 +161,33 @@ class _Connection:
             await task
         await self.send({"event": "unsubscribed", "room": room})
 
-    async def _pump(self, room: str, items: Any) -> None:
-        item: StreamItem
-        async for item in items:
-            if isinstance(item, Ping):
-                continue  # the protocol's own ping frames keep the connection alive
-            if isinstance(item, Complete):
-                await self.send(
-                    {"event": "stream:complete", "room": room, "data": {"status": item.status}}
-                )
+    async def _pump(
+        self,
+        room: str,
+        batches: AsyncIterator[list[StreamItem]] | AsyncIterator[list[ExecutionItem]],
+    ) -> None:
+        async for batch in batches:
+            messages: list[WsMessage] = []
+            complete: Complete | ExecutionComplete | None = None
+            for item in batch:
+                if isinstance(item, Ping):
+                    continue  # the protocol's own ping frames keep the connection alive
+                if isinstance(item, Complete | ExecutionComplete):
+                    complete = item
+                    break
+                messages.append(ws_message(item, room))
+            if complete is not None:
+                end = {
+                    "event": "stream:complete",
+                    "room": room,
+                    "data": {"status": complete.status},
+                }
+                messages.append(WsMessage(json.dumps(end)))
+            if messages:
+                await self.sender.send(messages)
+            if complete is not None:
                 self.rooms.pop(room, None)
                 return
-            await self.send(
-                {
-                    "event": message_name(item.type),
-                    "room": room,
-                    "seq": item.seq,
-                    "id": item.id,
-                    "data": EventPublic.of(item).model_dump(mode="json"),
-                }
-            )
 
     async def close(self) -> None:
         for task in self.rooms.values():
@@ -217,13 +228,16 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     if principal is None:
         return
     connection = _Connection(ws, engine, principal)
-    await connection.send(
-        {"event": "authenticated", "data": {"workspace_id": str(principal.workspace_id)}}
-    )
+    subscribers = engine.metrics.streams.labels("websocket")
+    subscribers.inc()
     try:
+        await connection.send(
+            {"event": "authenticated", "data": {"workspace_id": str(principal.workspace_id)}}
+        )
         while True:
             await connection.handle(await ws.receive_text())
     except WebSocketDisconnect:
         pass
     finally:
+        subscribers.dec()
         await connection.close()
