@@ -22,6 +22,10 @@ DURATION_FIELDS = (
     "sse_ping_interval",
     "event_tail_interval",
     "ws_auth_timeout",
+    "scheduler_interval",
+    "starvation_after",
+    "pull_lease",
+    "stall_after",
 )
 
 
@@ -71,6 +75,23 @@ class Settings(BaseSettings):
     backoff_max: timedelta = timedelta(minutes=5)
     backoff_jitter: float = Field(default=0.2, ge=0.0, le=1.0)
 
+    scheduler_interval: timedelta = Field(
+        default=timedelta(seconds=1),
+        description="how often running executions are checked besides event wake-ups",
+    )
+    starvation_after: timedelta = Field(
+        default=timedelta(seconds=30),
+        description="a ready node blocked by locks this long gets them at their next release",
+    )
+    pull_lease: timedelta = Field(
+        default=timedelta(minutes=10),
+        description="how long a pull-mode orchestrator may hold a node before it fails",
+    )
+    stall_after: timedelta = Field(
+        default=timedelta(minutes=5),
+        description="a running execution with no event for this long is reported as stalled",
+    )
+
     queue_routes: dict[str, str] = Field(
         default_factory=dict,
         description="job type -> queue name; types not listed go to the 'default' queue",
@@ -95,6 +116,10 @@ class Settings(BaseSettings):
         "sse_ping_interval",
         "event_tail_interval",
         "ws_auth_timeout",
+        "scheduler_interval",
+        "starvation_after",
+        "pull_lease",
+        "stall_after",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

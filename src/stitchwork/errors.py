@@ -53,6 +53,29 @@ class InvalidRequest(StitchworkError):
         self.field = field
 
 
+class InvalidClaim(InvalidRequest):
+    """A resource claim that is not a safe repo-relative path or glob."""
+
+    title = "Invalid claim"
+
+    def __init__(self, claim: str, reason: str) -> None:
+        super().__init__(f"invalid claim {claim!r}: {reason}", field="claims", claim=claim)
+        self.claim = claim
+        self.reason = reason
+
+
+class CycleError(InvalidRequest):
+    """A plan whose dependencies form a cycle; ``cycle`` lists it, first node repeated last."""
+
+    title = "Dependency cycle"
+
+    def __init__(self, cycle: list[str]) -> None:
+        super().__init__(
+            f"plan has a dependency cycle: {' -> '.join(cycle)}", field="edges", cycle=cycle
+        )
+        self.cycle = cycle
+
+
 class Unauthorized(StitchworkError):
     title = "Unauthorized"
 

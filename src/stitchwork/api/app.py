@@ -7,7 +7,7 @@ from fastapi import APIRouter, FastAPI
 from stitchwork import __version__
 from stitchwork.api.errors import install_error_handlers
 from stitchwork.api.limits import BodySizeLimit
-from stitchwork.api.routes import health, jobs, queues, stream, ws
+from stitchwork.api.routes import executions, health, jobs, locks, metrics, queues, stream, ws
 from stitchwork.runtime.engine import Engine
 
 API_PREFIX = "/api/v1"
@@ -25,9 +25,12 @@ def create_app(engine: Engine) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(jobs.router)
     api.include_router(queues.router)
+    api.include_router(executions.router)
+    api.include_router(locks.router)
     api.include_router(stream.router)
     api.include_router(ws.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=engine.settings.max_body_bytes)
     return app

@@ -57,7 +57,11 @@ async def _stitchwork_error(_request: Request, exc: Exception) -> JSONResponse:
     extra = {
         k: v
         for k, v in exc.fields.items()
-        if k != "field" and isinstance(v, str | int | float | bool)
+        if k != "field"
+        and (
+            isinstance(v, str | int | float | bool)
+            or (isinstance(v, list) and all(isinstance(i, str) for i in v))  # a cycle's nodes
+        )
     }
     errors = [{"field": field, "message": exc.message}] if field else None
     return problem(status_for(exc), exc.message, title=exc.title, errors=errors, **extra)

@@ -1,4 +1,4 @@
-"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, demo."""
+"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, plan, demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.table import Table
 from stitchwork import __version__
 from stitchwork.cli import events as events_cmd
 from stitchwork.cli import jobs as jobs_cmd
+from stitchwork.cli import plan as plan_cmd
 from stitchwork.cli import queues as queues_cmd
 from stitchwork.cli.common import load_settings, run
 from stitchwork.cli.logs import configure_logging
@@ -31,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(queues_cmd.app, name="queues")
 app.add_typer(events_cmd.app, name="events")
+app.add_typer(plan_cmd.app, name="plan")
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,5 @@
-"""Run the API (uvicorn), a worker and the lease sweeper in one process and one event loop."""
+"""Run the API (uvicorn), a worker, the lease sweeper and the execution scheduler in one
+process and one event loop."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class Running:
 async def run_embedded(
     engine: Engine, *, host: str, port: int, with_worker: bool = True
 ) -> AsyncIterator[Running]:
-    """Start API (+ worker + sweeper); yields once the server listens; stops all on exit."""
+    """Start the API (+ worker), sweeper and scheduler; yields once the server listens;
+    stops all on exit."""
     app = create_app(engine)
     config = uvicorn.Config(
         app,
@@ -68,6 +70,7 @@ async def run_embedded(
     loops = [  # run until cancelled
         asyncio.create_task(tailer.run(), name="event-tailer"),
         asyncio.create_task(engine.sweeper().run(), name="sweeper"),
+        asyncio.create_task(engine.scheduler().run(), name="scheduler"),
     ]
     try:
         while not server.started:

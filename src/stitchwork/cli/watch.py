@@ -18,7 +18,7 @@ from stitchwork.cli.follow import StreamEvent, follow
 from stitchwork.cli.output import console, status_text
 
 OUTPUT_LINES = 12
-RESTART_WAIT_S = 10.0  # how long watch waits for an API that is restarting
+RESTART_WAIT_S = 30.0  # how long watch waits for an API that is restarting (a loaded machine)
 STEP_MARK = {
     "pending": ("·", "dim"),
     "running": ("●", "blue"),

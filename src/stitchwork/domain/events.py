@@ -43,6 +43,8 @@ class EventType(StrEnum):
     TASK_STARTED = "task.started"
     TASK_COMPLETED = "task.completed"
     TASK_FAILED = "task.failed"
+    TASK_SKIPPED = "task.skipped"  # a dependency failed (failure policy ``continue``)
+    TASK_CANCELLED = "task.cancelled"  # the execution was aborted or failed fast
     LOCK_CONTENDED = "lock.contended"
 
 

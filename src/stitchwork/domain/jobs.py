@@ -104,6 +104,8 @@ class Job:
     issue_ref: str | None = None
     agent_profile: str | None = None
     last_event_seq: int = 0
+    execution_id: UUID | None = None  # set when the job runs a node of an execution
+    node_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:

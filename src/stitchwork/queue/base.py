@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from stitchwork.domain.jobs import Job
+
+if TYPE_CHECKING:
+    from stitchwork.storage.rows import Tx
 
 CancelListener = Callable[[UUID], None]
 
@@ -38,6 +41,10 @@ class QueueBackend(Protocol):
 
     async def notify_cancelled(self, job_ids: Collection[UUID]) -> None:
         """Tell the workers running these jobs to stop them."""
+        ...
+
+    async def cancelled_in(self, tx: Tx, job_ids: Collection[UUID]) -> None:
+        """``notify_cancelled`` for jobs cancelled in ``tx``, delivered once it commits."""
         ...
 
     def add_cancel_listener(self, listener: CancelListener) -> None: ...

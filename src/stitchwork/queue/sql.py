@@ -70,6 +70,10 @@ class SqlQueue:
         with contextlib.suppress(ValueError):
             self._fire_cancel(UUID(payload))
 
+    def _fire_cancels(self, job_ids: Collection[UUID]) -> None:
+        for job_id in job_ids:
+            self._fire_cancel(job_id)
+
     def _fire_cancel(self, job_id: UUID) -> None:
         for listener in list(self._cancel_listeners):
             try:
@@ -84,6 +88,19 @@ class SqlQueue:
             await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
         tx.after_commit.append(self._wake.set)
 
+    async def cancelled_in(self, tx: Tx, job_ids: Collection[UUID]) -> None:
+        """Tell workers that jobs cancelled in ``tx`` must stop: NOTIFY in the transaction
+        (delivered at commit), local listeners after the commit."""
+        ids = list(job_ids)
+        if self.db.is_postgres:
+            for job_id in ids:
+                await tx.conn.execute(
+                    text("SELECT pg_notify(:c, :p)"), {"c": CANCEL_CHANNEL, "p": str(job_id)}
+                )
+            if self._listener is not None:
+                return  # our own LISTEN delivers it to local listeners too
+        tx.after_commit.append(lambda: self._fire_cancels(ids))
+
     async def notify_cancelled(self, job_ids: Collection[UUID]) -> None:
         if self.db.is_postgres:
             async with self.db.begin() as conn:
@@ -93,8 +110,7 @@ class SqlQueue:
                     )
             if self._listener is not None:
                 return  # our own LISTEN delivers it to local listeners too
-        for job_id in job_ids:
-            self._fire_cancel(job_id)
+        self._fire_cancels(job_ids)
 
     def add_cancel_listener(self, listener: CancelListener) -> None:
         self._cancel_listeners.append(listener)

@@ -92,9 +92,11 @@ class JobContext:
         *,
         steps: SqlStepStore | None = None,
         worker_id: str = "",
+        on_step_end: Callable[[StepType, StepStatus, float], None] | None = None,
     ) -> None:
         self.job = job
         self.worker_id = worker_id
+        self._on_step_end = on_step_end
         self.stop_requested = asyncio.Event()
         self.log = structlog.get_logger("stitchwork.job").bind(
             job_id=str(job.id), job_type=job.type, attempt=job.attempt
@@ -185,6 +187,8 @@ class JobContext:
         handle.step = await self._steps.finish_step(
             handle.step.id, self.worker_id, status, error=error, reason=reason
         )
+        if self._on_step_end is not None and handle.step.duration_s is not None:
+            self._on_step_end(handle.step.type, status, handle.step.duration_s)
 
     def _current(self) -> StepHandle:
         if not self._open:

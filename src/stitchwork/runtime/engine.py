@@ -18,14 +18,20 @@ from stitchwork.queue.base import QueueBackend
 from stitchwork.queue.sql import create_queue
 from stitchwork.runtime.context import Handler
 from stitchwork.runtime.handlers import BUILTIN_HANDLERS
+from stitchwork.runtime.metrics import Metrics
+from stitchwork.runtime.scheduler import Scheduler
 from stitchwork.runtime.sweeper import LeaseSweeper
 from stitchwork.runtime.worker import Worker, new_worker_id
 from stitchwork.services.auth import AuthService
+from stitchwork.services.executions import ExecutionService
 from stitchwork.services.job_types import JobTypeCatalog
 from stitchwork.services.jobs import JobService
+from stitchwork.services.stitcher import Stitcher
 from stitchwork.storage.auth import SqlAuthStore
 from stitchwork.storage.db import Database
+from stitchwork.storage.executions import SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
+from stitchwork.storage.locks import SqlLockStore
 from stitchwork.storage.migrate import upgrade
 from stitchwork.storage.rows import EventWriter
 from stitchwork.storage.steps import SqlStepStore
@@ -45,6 +51,8 @@ class Engine:
     catalog: JobTypeCatalog
     jobs: JobService
     auth: AuthService
+    executions: ExecutionService
+    metrics: Metrics
 
     @classmethod
     async def open(
@@ -71,6 +79,19 @@ class Engine:
         store = SqlJobStore(writer)
         steps = SqlStepStore(writer)
         catalog = JobTypeCatalog()
+        jobs = JobService(store, steps, queue, catalog, settings)
+        execution_store = SqlExecutionStore(db)
+        stitcher = Stitcher(
+            writer,
+            execution_store,
+            SqlLockStore(db),
+            store,
+            jobs,
+            clock,
+            starvation=settings.starvation_after,
+            pull_lease=settings.pull_lease,
+        )
+        stitcher.on_cancelled = queue.cancelled_in
         return cls(
             settings=settings,
             clock=clock,
@@ -80,8 +101,10 @@ class Engine:
             steps=steps,
             queue=queue,
             catalog=catalog,
-            jobs=JobService(store, steps, queue, catalog, settings),
+            jobs=jobs,
             auth=AuthService(SqlAuthStore(db, clock)),
+            executions=ExecutionService(writer, execution_store, store, jobs, stitcher, clock),
+            metrics=Metrics(),
         )
 
     async def close(self) -> None:
@@ -105,6 +128,16 @@ class Engine:
             concurrency=concurrency,
             worker_id=worker_id,
             queues=queues,
+            metrics=self.metrics,
+        )
+
+    def scheduler(self, actor: str | None = None) -> Scheduler:
+        return Scheduler(
+            self.executions.stitcher,
+            self.executions.store,
+            self.bus,
+            interval_s=self.settings.scheduler_interval.total_seconds(),
+            actor=actor or f"scheduler:{new_worker_id()}",
         )
 
     def sweeper(self, actor: str | None = None) -> LeaseSweeper:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +24,10 @@ import structlog
 from stitchwork.config import Settings
 from stitchwork.domain.jobs import Job
 from stitchwork.domain.retry import RetryPolicy, should_retry
+from stitchwork.domain.steps import StepStatus, StepType
 from stitchwork.queue.base import QueueBackend
 from stitchwork.runtime.context import Handler, JobContext, JobFailed
+from stitchwork.runtime.metrics import Metrics
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.steps import JobLost, SqlStepStore
 
@@ -123,6 +126,7 @@ class Worker:
         worker_id: str | None = None,
         queues: list[str] | None = None,
         rng: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.steps = steps
@@ -136,6 +140,7 @@ class Worker:
             base=settings.backoff_base, maximum=settings.backoff_max, jitter=settings.backoff_jitter
         )
         self._rng = rng
+        self.metrics = metrics
         self._running: dict[UUID, _Running] = {}
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
@@ -204,10 +209,15 @@ class Worker:
             functools.partial(self._progress, job.id),
             steps=self.steps,
             worker_id=self.worker_id,
+            on_step_end=self._step_ended if self.metrics is not None else None,
         )
         running = _Running(job=job, ctx=ctx)
         self._running[job.id] = running
         running.task = asyncio.create_task(self._execute(running), name=f"job:{job.id}")
+
+    def _step_ended(self, type_: StepType, status: StepStatus, duration_s: float) -> None:
+        assert self.metrics is not None
+        self.metrics.step_duration.labels(type_.value, status.value).observe(duration_s)
 
     async def _progress(self, job_id: UUID, percent: int) -> bool:
         try:
@@ -221,6 +231,8 @@ class Worker:
     async def _execute(self, running: _Running) -> None:
         job = running.job
         jlog = self.log.bind(job_id=str(job.id), job_type=job.type, attempt=job.attempt)
+        started = time.perf_counter()
+        outcome = "lost"
         try:
             handler = self.handlers.get(job.type)
             if handler is None:
@@ -242,6 +254,7 @@ class Worker:
                 # Not the handler's fault: the lease expires and the sweeper re-queues the job.
                 jlog.exception("complete_record_failed")
                 return
+            outcome = "completed"
             if not completed:
                 jlog.warning("result_dropped", reason="job is no longer leased to this worker")
         except asyncio.CancelledError:
@@ -256,11 +269,17 @@ class Worker:
             problem = _unstorable(result)
             if problem:
                 error, result = f"{error} (result dropped: {problem})", None
+            outcome = "failed"
             await self._fail(running, error, result, retryable=exc.retryable, jlog=jlog)
         except Exception as exc:
             jlog.exception("handler_crashed")
+            outcome = "failed"
             await self._fail(running, f"{type(exc).__name__}: {exc}", None, True, jlog=jlog)
         finally:
+            if self.metrics is not None:
+                self.metrics.job_duration.labels(job.type, outcome).observe(
+                    time.perf_counter() - started
+                )
             self._running.pop(job.id, None)
             if running.killer is not None:
                 running.killer.cancel()
@@ -328,6 +347,8 @@ class Worker:
             except Exception:
                 self.log.exception("heartbeat_failed")
                 continue
+            if self.metrics is not None:
+                self.metrics.heartbeat()
             for job_id in ids - held:
                 if job_id in self._running:  # not finished meanwhile: cancelled or taken over
                     self.request_stop(job_id)

@@ -37,7 +37,9 @@ class JobService:
         self.catalog = catalog
         self.settings = settings
 
-    def _spec(self, new: NewJob) -> JobSpec:
+    def spec(self, new: NewJob) -> JobSpec:
+        """Validate a new job and resolve its defaults (queue, attempts); raises
+        ``InvalidRequest``."""
         payload = self.catalog.validate(new.type, new.payload)
         if not MIN_PRIORITY <= new.priority <= MAX_PRIORITY:
             raise InvalidRequest(
@@ -73,7 +75,7 @@ class JobService:
         """Create many jobs in one transaction; all are validated before any is stored."""
         if len(jobs) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} jobs per batch", field="jobs")
-        specs = [self._spec(new) for new in jobs]
+        specs = [self.spec(new) for new in jobs]
         submitted = await self.store.create_jobs(workspace_id, specs, actor=actor)
         created = sum(s.created for s in submitted)
         if created:  # workers were woken by the store's transaction

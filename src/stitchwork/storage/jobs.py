@@ -48,6 +48,8 @@ class JobSpec:
     new: NewJob
     queue_name: str
     max_attempts: int
+    execution_id: UUID | None = None  # the job runs this node of this execution
+    node_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class SqlJobStore(LeaseOperations):
         for attempt in range(2):
             try:
                 async with self.writer.write() as tx:
-                    return await self._create_jobs(tx, workspace_id, specs, actor)
+                    return await self.create_jobs_in(tx, workspace_id, specs, actor=actor)
             except IntegrityError:
                 # Two submitters raced on one idempotency key (Postgres only: SQLite writers
                 # are serialised). The loser's second pass finds the winner's row.
@@ -85,9 +87,10 @@ class SqlJobStore(LeaseOperations):
                     raise
         raise AssertionError("unreachable")
 
-    async def _create_jobs(
-        self, tx: Tx, workspace_id: UUID, specs: Sequence[JobSpec], actor: str
+    async def create_jobs_in(
+        self, tx: Tx, workspace_id: UUID, specs: Sequence[JobSpec], *, actor: str
     ) -> list[Submitted]:
+        """``create_jobs`` inside the caller's transaction (an execution starting nodes)."""
         conn = tx.conn
         now = self.clock.now()
         keys = [s.new.idempotency_key for s in specs if s.new.idempotency_key]
@@ -142,6 +145,8 @@ class SqlJobStore(LeaseOperations):
                 "run_after": run_after,
                 "issue_ref": new.issue_ref,
                 "agent_profile": new.agent_profile,
+                "execution_id": spec.execution_id,
+                "node_id": spec.node_id,
                 "created_at": now,
                 "queued_at": now,
                 "started_at": None,

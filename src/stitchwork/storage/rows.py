@@ -58,6 +58,8 @@ def job_from_row(row: Mapping[Any, Any]) -> Job:
         issue_ref=row["issue_ref"],
         agent_profile=row["agent_profile"],
         last_event_seq=row["last_event_seq"],
+        execution_id=row.get("execution_id"),
+        node_id=row.get("node_id"),
     )
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -77,6 +78,9 @@ runner_jobs = Table(
     Column("run_after", UTCDateTime),
     Column("issue_ref", String(300)),
     Column("agent_profile", String(100)),
+    # Set when the job runs a node of an execution (migration 0004).
+    Column("execution_id", Uuid),
+    Column("node_id", String(200)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("queued_at", UTCDateTime),
     Column("started_at", UTCDateTime),
@@ -146,6 +150,15 @@ job_events = Table(
     Index("ix_job_events_workspace", "workspace_id", "id"),
     Index("ix_job_events_execution", "execution_id", "id"),
 )
+# An execution's own events (job_id NULL) have a gapless seq per execution (migration 0004).
+Index(
+    "ix_job_events_execution_seq",
+    job_events.c.execution_id,
+    job_events.c.seq,
+    unique=True,
+    postgresql_where=text("job_id IS NULL"),
+    sqlite_where=text("job_id IS NULL"),
+)
 # Postgres and SQLite triggers (migration 0002) refuse UPDATE, DELETE (and TRUNCATE) on
 # job_events: the event log is append-only in the database itself, not only in the code.
 
@@ -155,4 +168,94 @@ queue_states = Table(
     Column("name", String(100), primary_key=True),
     Column("paused", Boolean, nullable=False, server_default=text("false")),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("workspace_id", Uuid, ForeignKey("workspaces.id"), nullable=False),
+    Column("name", String(200)),
+    Column("status", String(20), nullable=False),
+    # "jobs": the scheduler starts a runner job per node; "pull": an external orchestrator
+    # takes nodes with POST /executions/{id}/next.
+    Column("dispatch", String(10), nullable=False),
+    Column("repo", String(500), nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("failure_policy", String(20), nullable=False),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("last_event_seq", Integer, nullable=False, server_default=text("0")),
+    Column("peak_concurrency", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_event_at", UTCDateTime, nullable=False),
+    Index("ix_executions_list", "workspace_id", "id"),
+    Index("ix_executions_status", "status"),
+)
+
+# The plan apart from the execution's row: the row changes with every scheduling decision, and
+# SQLite rewrites a whole row (a 10,000-node plan is megabytes) on any update.
+execution_plans = Table(
+    "execution_plans",
+    metadata,
+    Column("execution_id", Uuid, ForeignKey("executions.id"), primary_key=True),
+    Column("plan", json_type(), nullable=False),
+)
+
+execution_nodes = Table(
+    "execution_nodes",
+    metadata,
+    Column("execution_id", Uuid, ForeignKey("executions.id"), primary_key=True),
+    Column("node_id", String(200), primary_key=True),
+    Column("ordinal", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("job_id", Uuid),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("lease_owner", String(200)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("error", Text),
+    Column("result", json_type()),
+    Column("ready_at", UTCDateTime),
+    Column("blocked_since", UTCDateTime),
+    Column("lock_wait_s", Float, nullable=False, server_default=text("0")),
+    Column("contentions", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Index("ix_execution_nodes_job", "job_id"),
+    # Starved ready nodes of other executions (lock reservations): only blocked ones.
+    Index(
+        "ix_execution_nodes_blocked",
+        "blocked_since",
+        postgresql_where=text("blocked_since IS NOT NULL"),
+        sqlite_where=text("blocked_since IS NOT NULL"),
+    ),
+)
+
+# One row per repository with locks: its row lock serialises lock decisions across processes,
+# and ``lock_version`` changes with every acquire or release (so a cached lock table is reused
+# only while it is current).
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("repo", String(500), primary_key=True),
+    Column("lock_version", Integer, nullable=False, server_default=text("0")),
+)
+
+# Held resource claims. Locks are per repository and across executions; a row is one claim of
+# one owner (an execution node) in one mode.
+resource_locks = Table(
+    "resource_locks",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("repo", String(500), nullable=False),
+    Column("owner", String(300), nullable=False),
+    Column("claim", String(1100), nullable=False),
+    Column("mode", String(10), nullable=False),
+    Column("execution_id", Uuid),
+    Column("node_id", String(200)),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Index("ix_resource_locks_repo", "repo"),
+    Index("ix_resource_locks_owner", "owner"),
 )
