@@ -354,7 +354,7 @@ _MAX_DECISIONS = 1 << 18
 _decisions: dict[tuple[int, int], bool] = {}
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=32768)
 def compile_claim(key: Key) -> CompiledClaim:
     """The compiled claim for ``key`` (cached); raises ``GlobError`` past ``MAX_STATES``."""
     literals: list[tuple[str, bool]] = []

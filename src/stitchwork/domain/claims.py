@@ -63,7 +63,7 @@ def normalize_claim(claim: str) -> str:
     return text
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=65536)
 def _normalize_text(claim: str) -> str:
     if len(claim) > MAX_CLAIM_LENGTH:
         raise InvalidClaim(claim[:64] + "...", f"longer than {MAX_CLAIM_LENGTH} characters")
@@ -101,7 +101,7 @@ def _normalize_text(claim: str) -> str:
     return out + "/" if marked and segments[-1] != "**" else out
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=65536)
 def _parse(text: str) -> _Claim:
     if text == ROOT:
         return _Claim(ROOT, (_Alternative((), True, True, True),), ())
