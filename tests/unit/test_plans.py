@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,7 @@ def test_plan_to_dict_round_trips_through_json_and_yaml() -> None:
     assert parse_plan(yaml.safe_dump(data)) == plan
     data["nodes"][0]["payload"]["deep"]["list"].append(2)
     assert plan.nodes[0].payload == {"deep": {"list": [1, "x"]}}  # the dict is a copy
+    assert all(set(node) == {f.name for f in fields(PlanNode)} for node in data["nodes"])
 
 
 def test_markdown_plan_round_trips_through_plan_to_dict() -> None:

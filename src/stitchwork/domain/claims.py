@@ -264,7 +264,7 @@ class _Node(Generic[T]):
         self.path = path  # the literal prefix of every claim held here
         self.children: dict[str, _Node[T]] = {}
         # (claim, item, compiled, directory flag if the claim is exactly this node's path,
-        # the claim's automaton states after this node's path)
+        # else None and the claim's automaton states after this node's path)
         self.entries: list[tuple[str, T, CompiledClaim, bool | None, frozenset[int]]] = []
 
 
@@ -303,7 +303,15 @@ class ClaimIndex(Generic[T]):
         if compiled.literals is not None and len(compiled.literals) == 1:
             path, directory = compiled.literals[0]
             direct = directory if path == "/".join(parsed.prefix) else None
-        after = compiled.nfa.run(node.path) if node.path else frozenset({0})
+        # Only a claim that is not exactly this node's path is decided from these states; a
+        # plain file or directory claim (most of them) skips the automaton run.
+        after = (
+            frozenset()
+            if direct is not None
+            else compiled.nfa.run(node.path)
+            if node.path
+            else frozenset({0})
+        )
         node.entries.append((text, item, compiled, direct, after))
         self._size += 1
 

@@ -13,12 +13,13 @@ of at most ``MAX_PLAN_TEXT_CHARS`` characters.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from typing import Any, TypeVar
@@ -491,7 +492,17 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "failure_policy": plan.failure_policy.value,
         "repo": plan.repo,
         "nodes": [
-            {**asdict(node), "mode": node.mode.value, "claims": list(node.claims)}
+            {
+                "id": node.id,
+                "title": node.title,
+                "job_type": node.job_type,
+                "payload": copy.deepcopy(node.payload) if node.payload else {},
+                "agent_profile": node.agent_profile,
+                "mode": node.mode.value,
+                "claims": list(node.claims),
+                "priority": node.priority,
+                "metadata": dict(node.metadata),
+            }
             for node in plan.nodes
         ],
         "edges": [{"from": frm, "to": to} for frm, to in plan.edges],

@@ -144,6 +144,7 @@ class ExecutionService:
                 now=now,
             )
             await self.store.save(tx, ex, ())
+            self.stitcher.adopt(tx, ex, nodes)
         log.info("execution_planned", execution_id=str(ex.id), nodes=len(plan.nodes))
         if start:
             return await self.start(workspace_id, ex.id, actor=actor)

@@ -36,8 +36,11 @@ class RepoLocks:
 
     async def table(self, tx: Tx, repo: str) -> LockTable:
         """The repository's lock table, its row locked for the rest of ``tx``."""
-        version = await self.store.lock_repo(tx, repo, create=repo not in self._known)
-        self._known.add(repo)
+        version = tx.locked_repos.get(repo)
+        if version is None:
+            version = await self.store.lock_repo(tx, repo, create=repo not in self._known)
+            self._known.add(repo)
+            tx.locked_repos[repo] = version
         cached = self._tables.get(repo)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -63,7 +66,11 @@ class RepoLocks:
             table.release(owner)
         await self.store.delete_locks(tx, repo, owners)
         await self.store.insert_locks(tx, repo, acquire, now)
-        self._tables[repo] = (await self.store.bump_repo(tx, repo), table)
+        self._bumped(tx, repo, table, await self.store.bump_repo(tx, repo))
+
+    def _bumped(self, tx: Tx, repo: str, table: LockTable, version: int) -> None:
+        tx.locked_repos[repo] = version
+        self._tables[repo] = (version, table)
 
     async def reservations(
         self, tx: Tx, repo: str, *, blocked_before: datetime, exclude: UUID
@@ -119,7 +126,7 @@ class RepoLocks:
                 await self.store.insert_locks(
                     tx, repo, [(h, None, None) for h in held], self.writer.clock.now()
                 )
-                self._tables[repo] = (await self.store.bump_repo(tx, repo), table)
+                self._bumped(tx, repo, table, await self.store.bump_repo(tx, repo))
             except BaseException:
                 self.forget(repo)
                 raise
@@ -133,7 +140,7 @@ class RepoLocks:
                 table = await self.table(tx, repo)
                 count = await self.store.delete_locks(tx, repo, [owner])
                 table.release(owner)
-                self._tables[repo] = (await self.store.bump_repo(tx, repo), table)
+                self._bumped(tx, repo, table, await self.store.bump_repo(tx, repo))
             except BaseException:
                 self.forget(repo)
                 raise

@@ -42,7 +42,7 @@ from stitchwork.errors import Conflict, InvalidRequest, InvalidTransition, NotFo
 from stitchwork.services.jobs import JobService
 from stitchwork.services.repo_locks import RepoLocks
 from stitchwork.services.rounds import FINAL_EVENTS, Round, RunState
-from stitchwork.storage.executions import SqlExecutionStore
+from stitchwork.storage.executions import ExecutionRow, NodeRow, SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.locks import SqlLockStore
 from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
@@ -116,13 +116,19 @@ class Stitcher:
         cached = self._runs.get(execution_id)
         if cached is not None and cached.ex.version == row["version"]:
             return cached
-        plan = cached.ex.plan if cached is not None else None
-        if plan is None:
+        if cached is not None:
+            plan = cached.ex.plan
+        else:
             plan = await self.store.load_plan(tx.conn, execution_id)
         ex = self.store.execution_from_row(row, plan)
         run = RunState.build(ex, await self.store.load_nodes(tx.conn, execution_id))
         self._runs[execution_id] = run
         return run
+
+    def adopt(self, tx: Tx, ex: ExecutionRow, nodes: list[NodeRow]) -> None:
+        """Cache the state of an execution created in ``tx`` once it commits, so its first
+        round does not read back the nodes just written."""
+        tx.after_commit.append(lambda: self._runs.__setitem__(ex.id, RunState.build(ex, nodes)))
 
     async def _close(self, tx: Tx, rnd: Round) -> None:
         """Release and acquire locks, write events, nodes and the execution row."""

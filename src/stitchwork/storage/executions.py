@@ -7,13 +7,14 @@ changes: nodes, jobs, locks, events) commits or rolls back as a whole.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stitchwork.domain.dag import NodeStatus
@@ -78,6 +79,7 @@ class NodeRow:
 
 _NODE_COLUMNS = [f.name for f in fields(NodeRow)]
 _NODE_UPDATABLE = [c for c in _NODE_COLUMNS if c not in {"node_id", "ordinal"}]
+PLAN_CACHE_SIZE = 64  # plans of executions read recently (a 10,000-node plan is ~10 MB)
 
 
 @dataclass(slots=True)
@@ -136,7 +138,7 @@ def _plan_from_json(data: Any) -> Plan:
     return parse_plan(json.dumps(data), format="json")
 
 
-def _execution_from_row(row: Mapping[Any, Any], plan: Plan | None = None) -> ExecutionRow:
+def _execution_from_row(row: Mapping[Any, Any], plan: Plan) -> ExecutionRow:
     return ExecutionRow(
         id=row["id"],
         workspace_id=row["workspace_id"],
@@ -144,7 +146,7 @@ def _execution_from_row(row: Mapping[Any, Any], plan: Plan | None = None) -> Exe
         status=ExecutionStatus(row["status"]),
         dispatch=Dispatch(row["dispatch"]),
         repo=row["repo"],
-        plan=plan if plan is not None else _plan_from_json(row["plan"]),
+        plan=plan,
         concurrency=row["concurrency"],
         version=row["version"],
         last_event_seq=row["last_event_seq"],
@@ -157,12 +159,6 @@ def _execution_from_row(row: Mapping[Any, Any], plan: Plan | None = None) -> Exe
     )
 
 
-def _with_plan() -> Select[Any]:
-    return select(executions, execution_plans.c.plan).join(
-        execution_plans, execution_plans.c.execution_id == executions.c.id
-    )
-
-
 def _node_from_row(row: Mapping[Any, Any]) -> NodeRow:
     values = {c: row[c] for c in _NODE_COLUMNS}
     values["status"] = NodeStatus(values["status"])
@@ -172,6 +168,8 @@ def _node_from_row(row: Mapping[Any, Any]) -> NodeRow:
 class SqlExecutionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # A stored plan never changes, and parsing a large one again costs 60 µs per node.
+        self._plans: OrderedDict[UUID, Plan] = OrderedDict()
 
     # -- executions -----------------------------------------------------------------------
 
@@ -197,6 +195,7 @@ class SqlExecutionStore:
         await tx.conn.execute(
             insert(execution_plans).values(execution_id=ex.id, plan=plan_to_dict(ex.plan))
         )
+        self._remember_plan(ex.id, ex.plan)  # a rolled-back id is never looked up
         rows = [
             {"execution_id": ex.id, **{c: _db_value(getattr(n, c)) for c in _NODE_COLUMNS}}
             for n in nodes
@@ -217,14 +216,32 @@ class SqlExecutionStore:
             raise NotFound(f"execution {execution_id} not found", execution_id=str(execution_id))
         return row
 
+    def _remember_plan(self, execution_id: UUID, plan: Plan) -> None:
+        self._plans[execution_id] = plan
+        self._plans.move_to_end(execution_id)
+        while len(self._plans) > PLAN_CACHE_SIZE:
+            self._plans.popitem(last=False)
+
     async def load_plan(self, conn: AsyncConnection, execution_id: UUID) -> Plan:
-        row = await conn.execute(
-            select(execution_plans.c.plan).where(execution_plans.c.execution_id == execution_id)
-        )
-        return _plan_from_json(row.scalar_one())
+        return (await self._load_plans(conn, [execution_id]))[execution_id]
+
+    async def _load_plans(self, conn: AsyncConnection, ids: Sequence[UUID]) -> dict[UUID, Plan]:
+        found = {i: self._plans[i] for i in ids if i in self._plans}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            rows = await conn.execute(
+                select(execution_plans.c.execution_id, execution_plans.c.plan).where(
+                    execution_plans.c.execution_id.in_(missing)
+                )
+            )
+            for execution_id, data in rows:
+                found[execution_id] = _plan_from_json(data)
+        for execution_id, plan in found.items():
+            self._remember_plan(execution_id, plan)
+        return found
 
     @staticmethod
-    def execution_from_row(row: Mapping[Any, Any], plan: Plan | None = None) -> ExecutionRow:
+    def execution_from_row(row: Mapping[Any, Any], plan: Plan) -> ExecutionRow:
         return _execution_from_row(row, plan)
 
     async def load_nodes(self, conn: AsyncConnection, execution_id: UUID) -> list[NodeRow]:
@@ -305,11 +322,13 @@ class SqlExecutionStore:
     async def find(
         self, conn: AsyncConnection, execution_id: UUID, *, workspace_id: UUID | None = None
     ) -> ExecutionRow | None:
-        stmt = _with_plan().where(executions.c.id == execution_id)
+        stmt = select(executions).where(executions.c.id == execution_id)
         if workspace_id is not None:
             stmt = stmt.where(executions.c.workspace_id == workspace_id)
         row = (await conn.execute(stmt)).mappings().first()
-        return None if row is None else _execution_from_row(row)
+        if row is None:
+            return None
+        return _execution_from_row(row, await self.load_plan(conn, execution_id))
 
     async def progress(
         self, conn: AsyncConnection, execution_id: UUID
@@ -332,11 +351,14 @@ class SqlExecutionStore:
         status: ExecutionStatus | None = None,
         limit: int = 50,
     ) -> list[ExecutionRow]:
-        stmt = _with_plan().where(executions.c.workspace_id == workspace_id)
+        stmt = select(executions).where(executions.c.workspace_id == workspace_id)
         if status is not None:
             stmt = stmt.where(executions.c.status == status.value)
-        rows = await conn.execute(stmt.order_by(executions.c.id.desc()).limit(limit))
-        return [_execution_from_row(r) for r in rows.mappings()]
+        rows = list(
+            (await conn.execute(stmt.order_by(executions.c.id.desc()).limit(limit))).mappings()
+        )
+        plans = await self._load_plans(conn, [r["id"] for r in rows])
+        return [_execution_from_row(r, plans[r["id"]]) for r in rows]
 
     async def node_counts(
         self, conn: AsyncConnection, ids: Sequence[UUID]

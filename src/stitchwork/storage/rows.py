@@ -109,6 +109,9 @@ class Tx:
     conn: AsyncConnection
     events: list[Event] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Repositories whose row this transaction locked, with their lock version: one row lock
+    # per repository and transaction is enough.
+    locked_repos: dict[str, int] = field(default_factory=dict)
 
 
 EnqueueHook = Callable[["Tx", set[str]], Awaitable[None]]
