@@ -89,6 +89,12 @@ async def _pg_schema(action: str, schema: str) -> None:
         await db.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _data_dir_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes to the user's data dir (credentials, agent worktrees)."""
+    monkeypatch.setenv("STITCHWORK_DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each test using this runs twice: on SQLite and on Postgres (the contract suites)."""

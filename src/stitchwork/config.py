@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STITCHWORK_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    work_dir: Path | None = Field(
+        default=None,
+        description="agent tasks' worktrees and merge locks (default <data_dir>/work)",
+    )
     database_url: str = ""
     queue_url: str = "sql://"
 
@@ -145,6 +149,11 @@ class Settings(BaseSettings):
             db = self.data_dir / "stitchwork.db"
             object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{db}")
         return self
+
+    @property
+    def agent_work_dir(self) -> Path:
+        """Where agent tasks' worktrees and merge locks live; outside every checkout."""
+        return self.work_dir or self.data_dir / "work"
 
     @property
     def credentials_path(self) -> Path:

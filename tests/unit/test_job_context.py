@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stitchwork.domain.jobs import Job, JobStatus
+from stitchwork.runner.process import OutputTail
 from stitchwork.runtime import context
 from stitchwork.runtime.context import JobContext
-from stitchwork.runtime.handlers import _Tail
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -98,7 +98,7 @@ async def test_sleep_returns_true_at_once_when_stop_was_requested() -> None:
 def test_output_tail_keeps_exactly_the_last_characters_in_bounded_memory(
     chunks: list[str], limit: int
 ) -> None:
-    tail = _Tail(limit)
+    tail = OutputTail(limit)
     for chunk in chunks:
         tail.add(chunk)
         kept = list(tail._chunks)

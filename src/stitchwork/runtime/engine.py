@@ -14,8 +14,10 @@ import structlog
 from stitchwork.bus.memory import InProcessBus
 from stitchwork.clock import Clock, SystemClock
 from stitchwork.config import Settings
+from stitchwork.domain.guards import AGENT_TASK
 from stitchwork.queue.base import QueueBackend
 from stitchwork.queue.sql import create_queue
+from stitchwork.runner.agent_task import AgentTaskRunner
 from stitchwork.runtime.context import Handler
 from stitchwork.runtime.handlers import BUILTIN_HANDLERS
 from stitchwork.runtime.metrics import Metrics
@@ -123,13 +125,23 @@ class Engine:
             store=self.store,
             steps=self.steps,
             queue=self.queue,
-            handlers=handlers if handlers is not None else BUILTIN_HANDLERS,
+            handlers=handlers if handlers is not None else self.handlers(),
             settings=self.settings,
             concurrency=concurrency,
             worker_id=worker_id,
             queues=queues,
             metrics=self.metrics,
         )
+
+    def handlers(self) -> dict[str, Handler]:
+        """The built-in job types' handlers, ``agent-task`` included."""
+        settings = self.settings
+        runner = AgentTaskRunner(
+            settings.agent_work_dir,
+            settings.agent_work_dir / "locks",
+            grace_s=settings.cancel_grace.total_seconds(),
+        )
+        return {**BUILTIN_HANDLERS, AGENT_TASK: runner}
 
     def scheduler(self, actor: str | None = None) -> Scheduler:
         return Scheduler(

@@ -19,12 +19,11 @@ from stitchwork.domain.executions import (
     Execution,
     ExecutionStatus,
 )
-from stitchwork.domain.jobs import NewJob
 from stitchwork.domain.locks import HeldLock, LockMode, LockTable, modes_conflict
 from stitchwork.domain.plans import Plan, PlanNode, parse_plan, validate_plan
 from stitchwork.errors import InvalidRequest, NotFound
 from stitchwork.services.jobs import JobService
-from stitchwork.services.stitcher import Grant, NodeOutcome, Stitcher
+from stitchwork.services.stitcher import Grant, NodeOutcome, Stitcher, node_job
 from stitchwork.storage.executions import ExecutionRow, NodeRow, SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.rows import EventWriter
@@ -93,7 +92,7 @@ class ExecutionService:
         if dispatch is Dispatch.JOBS:
             for i, node in enumerate(plan.nodes):
                 try:
-                    self.jobs.spec(_new_job(node))
+                    self.jobs.spec(node_job(node))
                 except InvalidRequest as exc:
                     raise InvalidRequest(
                         f"node {node.id!r}: {exc.message}", field=f"nodes[{i}].{exc.field}"
@@ -426,10 +425,6 @@ def _summary(values: Sequence[float]) -> dict[str, float] | None:
         "max": round(ordered[-1], 6),
         "p95": round(p95, 6),
     }
-
-
-def _new_job(node: PlanNode) -> NewJob:
-    return NewJob(type=node.job_type, payload=dict(node.payload), agent_profile=node.agent_profile)
 
 
 def _with_concurrency(plan: Plan, concurrency: int) -> Plan:

@@ -7,11 +7,23 @@ field-level message before anything is stored. Handlers (what runs a type) live 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from stitchwork.errors import InvalidRequest
+from stitchwork.domain.claims import normalize_claim
+from stitchwork.domain.guards import AGENT_TASK
+from stitchwork.domain.locks import LockMode
+from stitchwork.domain.scripts import parse_script
+from stitchwork.errors import InvalidClaim, InvalidRequest
 
 
 class NoopPayload(BaseModel):
@@ -65,6 +77,51 @@ class EmitPayload(BaseModel):
     prefix: str = Field(default="event ", max_length=100)
 
 
+class AgentTaskPayload(BaseModel):
+    """A coding agent's task on a git repository: run in its own worktree, proven by the
+    repository's mandatory gates, confined to its claims, then merged (``runner``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, max_length=4096)
+    prompt: str = Field(default="", max_length=200_000)
+    profile: str | None = Field(default=None, min_length=1, max_length=100)
+    claims: list[str] = Field(default_factory=list, max_length=1000)
+    mode: LockMode = LockMode.WRITE
+    target_branch: str | None = Field(default=None, min_length=1, max_length=255)
+    issue_ref: str | None = Field(default=None, max_length=500)
+    # The script agent's actions (``stitchwork.domain.scripts``), checked on submission.
+    script: list[Any] | None = None
+    on_attempt: dict[str, list[Any]] | None = None
+
+    @field_validator("repo")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value).is_absolute():
+            raise ValueError("must be the repository's absolute path")
+        return value
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: list[str]) -> list[str]:
+        try:
+            return [normalize_claim(c) for c in value]
+        except InvalidClaim as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _script(self) -> AgentTaskPayload:
+        if self.script is None and self.on_attempt is None:
+            return self
+        data = {"script": self.script or [], "on_attempt": self.on_attempt or {}}
+        for attempt in {1, *(int(k) for k in data["on_attempt"] if k.isdigit())}:
+            try:
+                parse_script(data, attempt)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class JobType:
     name: str
@@ -77,6 +134,11 @@ BUILTIN_JOB_TYPES = (
     JobType("noop", NoopPayload, "complete at once (benchmarks)"),
     JobType("sleep", SleepPayload, "wait, reporting progress (tests and demos)"),
     JobType("emit", EmitPayload, "write numbered output events (tests and benchmarks)"),
+    JobType(
+        AGENT_TASK,
+        AgentTaskPayload,
+        "run a coding agent in its own worktree, prove it with gates, merge it",
+    ),
 )
 
 

@@ -37,7 +37,9 @@ from stitchwork.domain.executions import (
     claims_of,
     find_deadlock,
 )
+from stitchwork.domain.guards import AGENT_TASK
 from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, JobStatus, NewJob
+from stitchwork.domain.plans import PlanNode
 from stitchwork.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
 from stitchwork.services.jobs import JobService
 from stitchwork.services.repo_locks import RepoLocks
@@ -260,17 +262,7 @@ class Stitcher:
                 node.lease_expires_at = rnd.now + self.pull_lease
                 rnd.move(node, NodeStatus.RUNNING, lease_owner=lease_owner)
                 continue
-            payload = dict(plan_node.payload)
-            issue_ref = payload.get("issue_ref")
-            spec = self.jobs.spec(
-                NewJob(
-                    type=plan_node.job_type,
-                    payload=payload,
-                    priority=max(MIN_PRIORITY, min(MAX_PRIORITY, plan_node.priority)),
-                    issue_ref=issue_ref if isinstance(issue_ref, str) else None,
-                    agent_profile=plan_node.agent_profile,
-                )
-            )
+            spec = self.jobs.spec(node_job(plan_node))
             specs.append(replace(spec, execution_id=ex.id, node_id=node_id))
         if specs:
             created = await self.job_store.create_jobs_in(
@@ -505,3 +497,20 @@ class Stitcher:
                 if run.nodes[node_id].job_id == job_id:
                     return execution_id
         return None
+
+
+def node_job(node: PlanNode) -> NewJob:
+    """The job that runs a plan node; an agent task gets the node's claims and mode, which
+    its claims gate enforces."""
+    payload = dict(node.payload)
+    if node.job_type == AGENT_TASK:
+        payload.setdefault("claims", list(node.claims))
+        payload.setdefault("mode", node.mode.value)
+    issue_ref = payload.get("issue_ref")
+    return NewJob(
+        type=node.job_type,
+        payload=payload,
+        priority=max(MIN_PRIORITY, min(MAX_PRIORITY, node.priority)),
+        issue_ref=issue_ref if isinstance(issue_ref, str) else None,
+        agent_profile=node.agent_profile,
+    )

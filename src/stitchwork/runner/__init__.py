@@ -1,0 +1,1 @@
+"""What a worker does with an agent job: isolated worktrees, agent adapters, gates, merge."""
