@@ -1,7 +1,8 @@
-"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, plan, demo."""
+"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, plan, gc, demo."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -151,6 +152,33 @@ def keys_revoke(
     from stitchwork.cli import ops
 
     console.print(f"revoked key {run(ops.keys_revoke(settings, prefix))}")
+
+
+@app.command()
+def gc(
+    repo: Annotated[
+        Path,
+        typer.Argument(help="The repository whose agent worktrees to collect.", exists=True),
+    ],
+    branches: Annotated[
+        bool,
+        typer.Option(
+            "--branches",
+            help="Also delete stitchwork/* branches that were never merged (merged ones go "
+            "anyway).",
+        ),
+    ] = False,
+) -> None:
+    """Remove the agent worktrees of REPO whose jobs have ended, including the ones kept
+    after a failure for inspection. Worktrees of queued or running jobs stay."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    from stitchwork.cli import ops
+
+    removed = run(ops.gc(settings, repo.resolve(), branches=branches))
+    for path in removed:
+        console.print(f"removed {path}")
+    console.print(f"{len(removed)} worktree(s) removed")
 
 
 @app.command()

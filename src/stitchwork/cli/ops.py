@@ -3,6 +3,8 @@ so commands that just talk HTTP start without loading the database stack."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.panel import Panel
 
 from stitchwork import __version__
@@ -10,7 +12,9 @@ from stitchwork.cli.client import Credentials
 from stitchwork.cli.output import console
 from stitchwork.cli.server import run_embedded, wait_for_signal
 from stitchwork.config import Settings
+from stitchwork.domain.guards import AGENT_TASK
 from stitchwork.errors import StitchworkError
+from stitchwork.runner.worktrees import Worktrees
 from stitchwork.runtime.engine import Engine, open_engine, run_worker_until_signalled
 from stitchwork.storage.db import Database
 from stitchwork.storage.migrate import current_revision, upgrade
@@ -109,3 +113,11 @@ async def keys_list(settings: Settings) -> list[KeyRow]:
 async def keys_revoke(settings: Settings, prefix: str) -> str:
     async with open_engine(settings) as engine:
         return (await engine.auth.revoke_key(prefix)).prefix
+
+
+async def gc(settings: Settings, repo: Path, *, branches: bool) -> list[Path]:
+    """Remove the agent worktrees of ``repo`` whose jobs have ended, kept ones included."""
+    async with open_engine(settings) as engine:
+        live = await engine.store.unfinished_ids(AGENT_TASK)
+        worktrees = Worktrees(settings.agent_work_dir)
+        return await worktrees.gc(repo, live, delete_branches=branches, include_kept=True)

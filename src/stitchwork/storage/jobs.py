@@ -19,6 +19,7 @@ from stitchwork.domain.events import Event, EventType
 from stitchwork.domain.jobs import (
     CANCELLABLE_JOB_STATUSES,
     RETRYABLE_JOB_STATUSES,
+    TERMINAL_JOB_STATUSES,
     Job,
     JobStatus,
     NewJob,
@@ -299,6 +300,15 @@ class SqlJobStore(LeaseOperations):
         counts = dict.fromkeys(JobStatus, 0)
         counts.update({JobStatus(status): n for status, n in rows})
         return counts
+
+    async def unfinished_ids(self, type_: str) -> set[str]:
+        """Ids of every job of ``type_`` that has not ended (any workspace)."""
+        stmt = select(runner_jobs.c.id).where(
+            runner_jobs.c.type == type_,
+            runner_jobs.c.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]),
+        )
+        async with self.db.read() as conn:
+            return {str(row[0]) for row in await conn.execute(stmt)}
 
     # -- user actions -------------------------------------------------------------------------
 
