@@ -4,7 +4,6 @@ cancellation and guard rails."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -95,7 +94,6 @@ async def test_a_task_runs_in_its_worktree_passes_its_gates_and_is_merged(
     assert f"stitchwork-job: {job.id}" in body
     assert "issue: acme/app#7" in body
     assert (git(repo, "status", "--porcelain"), git(repo, "rev-parse", "HEAD")) == before
-    assert not (worktrees_dir(engine) / "x").exists()
     assert not any(p.name == str(job.id) for p in worktrees_dir(engine).rglob(str(job.id)))
     # The steps tell the story, phase by phase.
     steps = await engine.jobs.steps(ws, job.id)
@@ -331,7 +329,6 @@ async def test_two_tasks_merge_one_after_the_other_into_main(
     assert [j.status for j in done] == [JobStatus.COMPLETED] * 2
     assert (show(repo, "main", "a/x.txt"), show(repo, "main", "b/y.txt")) == ("A", "B")
     assert sum(s.startswith("Merge stitchwork/") for s in log(repo)) == 2
-    await asyncio.sleep(0)  # nothing left running
 
 
 REBASE_CONFIG = """

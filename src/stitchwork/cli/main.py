@@ -172,7 +172,6 @@ def gc(
     """Remove the agent worktrees of REPO whose jobs have ended, including the ones kept
     after a failure for inspection. Worktrees of queued or running jobs stay."""
     settings = load_settings()
-    configure_logging(settings.log_level)
     from stitchwork.cli import ops
 
     removed = run(ops.gc(settings, repo.resolve(), branches=branches))
