@@ -9,12 +9,9 @@ tree is refused (as git's ``receive.denyCurrentBranch`` does for pushes).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import shutil
-import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -42,13 +39,12 @@ from stitchwork.runner.git import (
     repo_root,
     resolved,
 )
-from stitchwork.runner.worktrees import INTEGRATION_DIR, Worktree, repo_key
+from stitchwork.runner.locks import file_lock
+from stitchwork.runner.worktrees import INTEGRATION_DIR, Worktree, admin_lock, repo_key
 
 log = structlog.get_logger(__name__)
 
 SWAP_ATTEMPTS = 3
-LOCK_POLL_MIN_S = 0.005
-LOCK_POLL_MAX_S = 0.1
 
 
 class Strategy(StrEnum):
@@ -298,9 +294,10 @@ async def _integration_worktree(root: Path, path: Path, commit: str) -> Path:
         # A process that died mid-rebase leaves the rebase state behind; drop it.
         await git("rebase", "--quit", cwd=path, check=False)
         return path
-    await git("worktree", "prune", cwd=root)
-    await asyncio.to_thread(_clear_dir, path)
-    await git("worktree", "add", "--quiet", "--detach", str(path), commit, cwd=root)
+    async with admin_lock(path.parent.parent, root):
+        await git("worktree", "prune", cwd=root)
+        await asyncio.to_thread(_clear_dir, path)
+        await git("worktree", "add", "--quiet", "--detach", str(path), commit, cwd=root)
     return path
 
 
@@ -317,38 +314,7 @@ async def _reset(integration: Path, commit: str) -> None:
     await git("clean", "--quiet", "-ffdx", cwd=integration)
 
 
-# One asyncio.Lock per event loop and lock file: asyncio locks must not cross loops.
-_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-@asynccontextmanager
-async def repo_lock(lock_dir: Path, root: Path) -> AsyncIterator[None]:
-    """Hold the integration lock of the repository at ``root``, across processes.
-
-    Within a process an ``asyncio.Lock`` queues the waiters; across processes an exclusive
-    ``flock`` on ``<lock_dir>/<repo key>.lock`` does. The flock is polled without blocking,
-    with short sleeps, so the event loop never blocks; the kernel releases it if the holder
-    dies. The lock file is never deleted: deleting it would let two holders lock two inodes.
-    """
-    await asyncio.to_thread(lock_dir.mkdir, parents=True, exist_ok=True)
-    lock_file = lock_dir / f"{repo_key(root)}.lock"
-    locks = _local_locks.setdefault(asyncio.get_running_loop(), {})
-    async with locks.setdefault(lock_file, asyncio.Lock()):
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            delay = LOCK_POLL_MIN_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, LOCK_POLL_MAX_S)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+def repo_lock(lock_dir: Path, root: Path) -> AbstractAsyncContextManager[None]:
+    """Hold the integration lock of the repository at ``root``, across processes: one
+    integration at a time (``<lock_dir>/<repo key>.lock``)."""
+    return file_lock(lock_dir / f"{repo_key(root)}.lock")

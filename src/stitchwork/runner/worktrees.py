@@ -14,6 +14,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from stitchwork.runner.git import (
     repo_root,
     resolved,
 )
+from stitchwork.runner.locks import file_lock
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +64,15 @@ def repo_key(root: Path) -> str:
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
     name = root.name.removesuffix(".git") or "repo"
     return f"{name}-{digest}"
+
+
+def admin_lock(work_root: Path, root: Path) -> AbstractAsyncContextManager[None]:
+    """Serialises ``git worktree add/remove/prune/lock`` on one repository, across processes.
+
+    ``git worktree add`` reads the admin files of every worktree and fails (``failed to read
+    .git/worktrees/<x>/commondir``) on one that another ``add`` is still writing.
+    """
+    return file_lock(work_root / "locks" / f"{repo_key(root)}.worktrees.lock")
 
 
 def check_job_id(job_id: str) -> None:
@@ -131,7 +142,8 @@ class Worktrees:
                 log.info("worktree_reused", job_id=job_id, path=str(path))
                 return Worktree(path, branch, base, root)
             # Registered but its directory is gone: forget it, then create it afresh below.
-            await git("worktree", "prune", cwd=root)
+            async with admin_lock(self.work_root, root):
+                await git("worktree", "prune", cwd=root)
         if path.exists():
             raise Conflict(
                 f"{path} exists but is not the worktree of job {job_id}; remove it or run gc",
@@ -139,13 +151,14 @@ class Worktrees:
             )
         target = await _target_commit(root, target_branch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if await find_commit(f"refs/heads/{branch}", cwd=root) is None:
-            await git("worktree", "add", "--quiet", "-b", branch, str(path), target, cwd=root)
-            base = target
-        else:
-            # An earlier attempt's worktree was removed but its branch kept: continue on it.
-            await git("worktree", "add", "--quiet", str(path), branch, cwd=root)
-            base = await _fork_point(root, branch, target_branch)
+        async with admin_lock(self.work_root, root):
+            if await find_commit(f"refs/heads/{branch}", cwd=root) is None:
+                await git("worktree", "add", "--quiet", "-b", branch, str(path), target, cwd=root)
+                base = target
+            else:
+                # An earlier attempt's worktree was removed but its branch kept: continue on it.
+                await git("worktree", "add", "--quiet", str(path), branch, cwd=root)
+                base = await _fork_point(root, branch, target_branch)
         await _write_base(path, base)
         log.info("worktree_created", job_id=job_id, path=str(path), base=base)
         return Worktree(path, branch, base, root)
@@ -213,9 +226,15 @@ class Worktrees:
         if entry is None:
             raise NotFound(f"no worktree at {wt.path}", path=str(wt.path))
         if not entry.locked:
-            await git(
-                "worktree", "lock", "--reason", f"stitchwork: {reason}", str(wt.path), cwd=wt.repo
-            )
+            async with admin_lock(self.work_root, wt.repo):
+                await git(
+                    "worktree",
+                    "lock",
+                    "--reason",
+                    f"stitchwork: {reason}",
+                    str(wt.path),
+                    cwd=wt.repo,
+                )
         log.info("worktree_kept", job_id=wt.job_id, path=str(wt.path))
 
     async def remove(self, wt: Worktree, *, delete_branch: bool = False) -> None:
@@ -249,7 +268,8 @@ class Worktrees:
         live = set(live_job_ids)
         root = await repo_root(repo)
         workdir = self.workdir(root)
-        await git("worktree", "prune", cwd=root)
+        async with admin_lock(self.work_root, root):
+            await git("worktree", "prune", cwd=root)
         registered = {e.path: e for e in await list_worktrees(root)}
         removed: list[Path] = []
         for entry in registered.values():
@@ -298,6 +318,11 @@ async def _delete_branch(root: Path, ref: str) -> None:
 
 
 async def _remove_worktree(root: Path, path: Path, workdir: Path) -> None:
+    async with admin_lock(workdir.parent, root):
+        await _remove_worktree_locked(root, path, workdir)
+
+
+async def _remove_worktree_locked(root: Path, path: Path, workdir: Path) -> None:
     entry = await _registered(root, path)
     if entry is not None and (path / ".git").exists():
         # --force twice also removes a locked (kept) worktree.
