@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml uv.lock
 	@$(BIN)/uv sync --frozen --inexact --all-extras --quiet
 	@touch $@
 
-demo: $(STAMP)  ## the main job: jobs through the embedded engine, shown live
+demo: $(STAMP)  ## the main job: a plan of agent tasks on a sample repository, shown live
 	$(BIN)/stitchwork demo
 
 serve: $(STAMP)

@@ -76,11 +76,12 @@ async def test_a_six_task_plan_with_parallel_branches_lands_every_commit_without
         task("readme", ["README.md"], "README.md", ["api-models-docs", "routes-docs"]),
     ]
     edges = [[dep, n["id"]] for n in nodes for dep in n.pop("after")]
-    for n in nodes:
-        n["payload"]["repo"] = str(repo)
     plan = parse_plan(json.dumps({"name": "six", "concurrency": 3, "nodes": nodes, "edges": edges}))
     workspace, _ = await engine.auth.ensure_workspace("default")
-    ex = await engine.executions.create(workspace.id, plan, actor="test", start=True)
+    # The execution's repository (a path) is where its agent tasks run.
+    ex = await engine.executions.create(
+        workspace.id, plan, actor="test", repo=str(repo), start=True
+    )
 
     async def ended() -> bool:
         got = await engine.executions.get(workspace.id, ex.id)

@@ -183,14 +183,17 @@ def gc(
 @app.command()
 def demo(
     keep: Annotated[
-        bool, typer.Option("--keep", help="Keep the demo's database folder afterwards.")
+        bool,
+        typer.Option(
+            "--keep", help="Keep the demo's folder (sample repository and database) afterwards."
+        ),
     ] = False,
 ) -> None:
-    """Run a batch of shell jobs through the embedded engine and show them live.
+    """Run a plan of agent tasks on a sample git repository and show it live.
 
-    Some pass, one fails once and is retried, two fail for good (an error and a timeout), one
-    is cancelled while it runs, and a late high-priority job jumps the queue. Exit code 0 when
-    every job ended as the demo expects.
+    Eight script-agent tasks run three at a time in their own worktrees, pass the repository's
+    lint and test gates (one is rejected once and fixes itself after the continuation prompt)
+    and merge into main. Exit code 0 when every check holds.
     """
     from stitchwork.cli.demo import run_demo
 

@@ -209,7 +209,11 @@ def run_plan(
         typer.Option(help="jobs: the server runs each node as a job; pull: agents take nodes."),
     ] = DispatchMode.JOBS,
     repo: Annotated[
-        str | None, typer.Option(help="Repository whose locks the nodes' claims take.")
+        str | None,
+        typer.Option(
+            help="Repository whose locks the nodes' claims take; an existing local path is "
+            "made absolute and is where agent-task nodes run."
+        ),
     ] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Nodes run at once (overrides the plan's).")
@@ -224,6 +228,8 @@ def run_plan(
     2). Exit code 0 if the execution completed, 1 if it failed or was aborted.
     """
     text, fmt, _ = read_plan(file, format_)  # an invalid plan never reaches the server
+    if repo is not None and Path(repo).is_dir():
+        repo = str(Path(repo).resolve())
     params: dict[str, Any] = {"dispatch": dispatch.value, "start": "true"}
     for key, value in (("format", fmt.value if fmt else None), ("repo", repo)):
         if value is not None:

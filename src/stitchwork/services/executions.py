@@ -89,10 +89,11 @@ class ExecutionService:
 
         Every node's job type and payload are checked here, before anything runs.
         """
+        repo = repo or plan.repo or DEFAULT_REPO
         if dispatch is Dispatch.JOBS:
             for i, node in enumerate(plan.nodes):
                 try:
-                    self.jobs.spec(node_job(node))
+                    self.jobs.spec(node_job(node, repo))
                 except InvalidRequest as exc:
                     raise InvalidRequest(
                         f"node {node.id!r}: {exc.message}", field=f"nodes[{i}].{exc.field}"
@@ -104,7 +105,7 @@ class ExecutionService:
             name=plan.name,
             status=ExecutionStatus.PLANNED,
             dispatch=dispatch,
-            repo=repo or plan.repo or DEFAULT_REPO,
+            repo=repo,
             plan=plan,
             concurrency=plan.concurrency,
             version=1,

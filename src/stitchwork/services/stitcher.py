@@ -262,7 +262,7 @@ class Stitcher:
                 node.lease_expires_at = rnd.now + self.pull_lease
                 rnd.move(node, NodeStatus.RUNNING, lease_owner=lease_owner)
                 continue
-            spec = self.jobs.spec(node_job(plan_node))
+            spec = self.jobs.spec(node_job(plan_node, ex.repo))
             specs.append(replace(spec, execution_id=ex.id, node_id=node_id))
         if specs:
             created = await self.job_store.create_jobs_in(
@@ -499,13 +499,15 @@ class Stitcher:
         return None
 
 
-def node_job(node: PlanNode) -> NewJob:
-    """The job that runs a plan node; an agent task gets the node's claims and mode, which
-    its claims gate enforces."""
+def node_job(node: PlanNode, repo: str) -> NewJob:
+    """The job that runs a plan node. An agent task gets the node's claims and mode, which
+    its claims gate enforces, and the execution's repository when that is a path."""
     payload = dict(node.payload)
     if node.job_type == AGENT_TASK:
         payload.setdefault("claims", list(node.claims))
         payload.setdefault("mode", node.mode.value)
+        if repo.startswith("/"):
+            payload.setdefault("repo", repo)
     issue_ref = payload.get("issue_ref")
     return NewJob(
         type=node.job_type,
