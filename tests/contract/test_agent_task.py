@@ -372,3 +372,61 @@ async def test_rebased_work_passes_its_gates_again_before_it_lands(
     assert (show(repo, "main", "a.txt"), show(repo, "main", "b.txt")) == ("agent", "human")
     passed = await events(engine, job, "gate.passed")
     assert [p["gate"] for p in passed] == ["claims", "no-todo"] * 2  # again after the rebase
+
+
+REVIEWER_CONFIG = """
+[profiles.reviewer]
+adapter = "script"
+capabilities = ["repo:read"]
+"""
+
+
+async def test_a_read_only_profile_that_changes_files_fails_the_claims_gate(
+    engine: Engine, ws: uuid.UUID, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, config=REVIEWER_CONFIG)
+    new = NewJob(
+        "agent-review",
+        {
+            "repo": str(repo),
+            "claims": ["**"],  # even claiming everything, a read-only run may not write
+            "script": [{"write": "a.txt", "content": "rewritten\n"}],
+        },
+        max_attempts=1,
+    )
+    job = (await engine.jobs.submit(ws, new, actor=ACTOR)).job
+    async with running_worker(engine):
+        done = await wait_for_status(engine, job.id, *DONE, timeout=30)
+    assert done.status is JobStatus.FAILED
+    claims = next(g for g in (done.result or {})["gates"] if g["gate"] == "claims")
+    assert "read-only task changed 1 path(s)" in claims["summary"]
+    assert log(repo) == ["initial"]
+
+
+async def test_a_review_that_changes_nothing_completes_without_merging(
+    engine: Engine, ws: uuid.UUID, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, config=REVIEWER_CONFIG)
+    new = NewJob(
+        "agent-review",
+        {"repo": str(repo), "prompt": "Review a.txt", "script": [{"run": "cat a.txt"}]},
+        max_attempts=1,
+    )
+    job = (await engine.jobs.submit(ws, new, actor=ACTOR)).job
+    async with running_worker(engine):
+        done = await wait_for_status(engine, job.id, *DONE, timeout=30)
+    assert done.status is JobStatus.COMPLETED, done.error
+    result = done.result or {}
+    assert result["merged"] is False
+    assert [g["gate"] for g in result["gates"]] == ["claims"]
+    assert log(repo) == ["initial"]
+    assert not git(repo, "branch", "--list", "stitchwork/*")  # nothing left behind
+
+
+async def test_a_review_profile_may_not_run_agent_tasks(
+    engine: Engine, ws: uuid.UUID, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"}, config=REVIEWER_CONFIG)
+    with pytest.raises(GuardRailDenied) as denied:
+        await submit(engine, ws, repo, script=[])
+    assert denied.value.decision.required_capability == "repo:write"

@@ -42,7 +42,7 @@ async def test_unknown_job_type_is_a_422_that_lists_the_known_types(
         response,
         422,
         "unknown job type 'deploy-to-prod'",
-        "known types: agent-task, emit, noop, shell, sleep",
+        "known types: agent-review, agent-task, emit, noop, shell, sleep",
         field="type",
     )
     assert await job_count(engine) == 0

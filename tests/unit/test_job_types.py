@@ -20,7 +20,7 @@ def test_unknown_type_names_the_type_field_and_lists_known_types(catalog: JobTyp
         catalog.validate("deploy", {})
     assert info.value.field == "type"
     assert "unknown job type 'deploy'" in info.value.message
-    assert "known types: agent-task, emit, noop, shell, sleep" in info.value.message
+    assert "known types: agent-review, agent-task, emit, noop, shell, sleep" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -82,6 +82,6 @@ def test_noop_accepts_any_payload(catalog: JobTypeCatalog) -> None:
 
 
 def test_catalog_knows_the_builtin_types(catalog: JobTypeCatalog) -> None:
-    assert catalog.names == ["agent-task", "emit", "noop", "shell", "sleep"]
+    assert catalog.names == ["agent-review", "agent-task", "emit", "noop", "shell", "sleep"]
     assert "shell" in catalog
     assert "deploy" not in catalog

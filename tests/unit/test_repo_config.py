@@ -232,7 +232,13 @@ def test_listing_claims_explicitly_keeps_it_once_and_first() -> None:
 def test_claims_gate_can_be_required_for_another_job_type() -> None:
     config = load_repo_config("[quality_rails]\nshell = ['claims']\n")
     assert config.mandatory_gates("shell") == ("claims",)
-    assert config.mandatory_gates("agent-review") == ()
+    assert config.mandatory_gates("noop") == ()
+
+
+def test_every_agent_job_type_has_the_claims_gate() -> None:
+    config = RepoConfig.default()
+    assert config.mandatory_gates("agent-task") == ("claims",)
+    assert config.mandatory_gates("agent-review") == ("claims",)
 
 
 @pytest.mark.parametrize("name", ["claims", "Claims", "CLAIMS"])

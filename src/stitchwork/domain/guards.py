@@ -41,10 +41,12 @@ CAPABILITY_RE = re.compile(r"[a-z][a-z0-9-]*:(?:[a-z][a-z0-9-]*|\*)")
 _KNOWN_RESOURCES = tuple(dict.fromkeys(c.partition(":")[0] for c in KNOWN_CAPABILITIES))
 
 AGENT_TASK = "agent-task"
+AGENT_REVIEW = "agent-review"  # a read-only agent run: review, analysis; never merged
+AGENT_JOB_TYPES = frozenset({AGENT_TASK, AGENT_REVIEW})
 JOB_TYPE_CAPABILITIES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         AGENT_TASK: (REPO_READ, REPO_WRITE, GIT_COMMIT, SHELL_EXEC),
-        "agent-review": (REPO_READ,),
+        AGENT_REVIEW: (REPO_READ,),
         "shell": (SHELL_EXEC,),
         # Built-in types that touch neither the repository nor the shell.
         "noop": (),

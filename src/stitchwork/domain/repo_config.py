@@ -279,12 +279,12 @@ class RepoConfig:
         return cls()
 
     def mandatory_gates(self, job_type: str) -> tuple[str, ...]:
-        """The gates a ``job_type`` job must pass, built-in first; ``claims`` for agent-task.
+        """The gates a ``job_type`` job must pass, built-in first; ``claims`` for agent jobs.
 
         The claims gate is added here rather than stored in ``quality_rails`` so that no
         configuration can leave it out.
         """
-        builtin = (CLAIMS_GATE,) if job_type == guards.AGENT_TASK else ()
+        builtin = (CLAIMS_GATE,) if job_type in guards.AGENT_JOB_TYPES else ()
         return tuple(dict.fromkeys((*builtin, *self.quality_rails.get(job_type, ()))))
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from stitchwork.domain.continuation import GateFailure, continuation_prompt
 from stitchwork.domain.events import EventType
-from stitchwork.domain.guards import AGENT_TASK, check_dispatch
+from stitchwork.domain.guards import MERGING_JOB_TYPES, REPO_WRITE, check_dispatch, grants
+from stitchwork.domain.locks import LockMode
 from stitchwork.domain.repo_config import AgentProfile, MergeStrategy, RepoConfig
 from stitchwork.domain.steps import StepPhase, StepType
 from stitchwork.errors import (
@@ -67,11 +68,13 @@ class _Run:
     config: RepoConfig
     profile: AgentProfile
     target: str
+    job_type: str
     attempts: int = 0
     rejections: int = 0
     gates: list[GateResult] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     tokens: tuple[int, int] = (0, 0)
+    summary: str = ""  # the agent's last words (a review's findings)
 
     def result(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -123,7 +126,9 @@ class AgentTaskRunner:
         repo = Path(payload.repo)
         async with ctx.step("prepare worktree", phase=StepPhase.SETUP) as step:
             try:
-                checkout_config, _ = check_agent_task(payload.model_dump(), ctx.job.agent_profile)
+                checkout_config, _ = check_agent_task(
+                    payload.model_dump(), ctx.job.agent_profile, job_type=ctx.job.type
+                )
                 target = payload.target_branch or checkout_config.merge.target_branch
                 wt = await self.worktrees.create(repo, str(ctx.job.id), target_branch=target)
             except (InvalidRequest, GuardRailDenied, GitError) as exc:
@@ -131,15 +136,16 @@ class AgentTaskRunner:
             # The gates, rails and profiles that count are the target branch's committed ones.
             try:
                 config = read_repo_config(wt.path)
-                profile = _profile(config, payload.profile or ctx.job.agent_profile)
+                profile = _profile(config, payload.profile or ctx.job.agent_profile, ctx.job.type)
             except (InvalidRequest, GuardRailDenied) as exc:
                 await self.worktrees.remove(wt, delete_branch=True)
                 raise JobFailed(str(exc), retryable=False) from exc
             await step.output(
                 f"worktree {wt.path}\nbranch {wt.branch} from {target} at {wt.base_commit[:12]}\n"
-                f"profile {profile.name}; gates: {', '.join(config.mandatory_gates(AGENT_TASK))}\n"
+                f"profile {profile.name}; "
+                f"gates: {', '.join(config.mandatory_gates(ctx.job.type))}\n"
             )
-        return _Run(wt, config, profile, target)
+        return _Run(wt, config, profile, target, ctx.job.type)
 
     async def _work(self, ctx: JobContext, payload: AgentTaskPayload, run: _Run) -> dict[str, Any]:
         prompt = payload.prompt
@@ -162,6 +168,8 @@ class AgentTaskRunner:
             prompt = continuation_prompt(
                 payload.prompt, failures, attempt=attempt + 1, max_attempts=limit
             )
+        if run.job_type not in MERGING_JOB_TYPES:  # a review: its output is the result
+            return run.result(merged=False, summary=run.summary)
         async with ctx.step("commit and merge", phase=StepPhase.CLEANUP) as step:
             landed = await self._land(ctx, payload, run, step)
         return run.result(**landed)
@@ -196,6 +204,7 @@ class AgentTaskRunner:
                 run.tokens[0] + outcome.tokens_input,
                 run.tokens[1] + outcome.tokens_output,
             )
+            run.summary = outcome.summary
             if outcome.stopped:
                 step.skip("stopped on request")
                 return False
@@ -218,12 +227,12 @@ class AgentTaskRunner:
         run.changed = sorted({c.path for c in changes})
         results = await run_gates(
             ctx,
-            run.config.mandatory_gates(AGENT_TASK),
+            run.config.mandatory_gates(run.job_type),
             config=run.config,
             worktree=run.wt.path,
             changes=changes,
             claims=payload.claims,
-            mode=payload.mode,
+            mode=_mode(payload, run),
             attempt=attempt,
         )
         run.gates = results
@@ -326,19 +335,31 @@ class AgentTaskRunner:
             await self.worktrees.keep(run.wt)
             return f"kept for inspection: {run.wt.path}\n"
         if run.wt.path.exists():
-            keep_branch = outcome == "completed" and not run.config.merge.integrates
+            keep_branch = (  # branch-only: the branch is the only place the work lives
+                outcome == "completed"
+                and run.job_type in MERGING_JOB_TYPES
+                and not run.config.merge.integrates
+            )
             await self.worktrees.remove(run.wt, delete_branch=not keep_branch)
         return f"removed {run.wt.path}\n"
 
 
-def _profile(config: RepoConfig, name: str | None) -> AgentProfile:
+def _mode(payload: AgentTaskPayload, run: _Run) -> LockMode:
+    """A review, or a profile that may not write, is read-only whatever the task says."""
+    if run.job_type not in MERGING_JOB_TYPES:
+        return LockMode.READ
+    return payload.mode if grants(run.profile.capabilities, REPO_WRITE) else LockMode.READ
+
+
+def _profile(config: RepoConfig, name: str | None, job_type: str) -> AgentProfile:
     profile = config.profiles.get(name or config.default_profile)
     if profile is None:
         raise InvalidRequest(
             f"the target branch's stitchwork.toml has no agent profile {name!r}",
             field="payload.profile",
         )
-    decision = check_dispatch(AGENT_TASK, profile, merge=config.merge)
+    merge = config.merge if job_type in MERGING_JOB_TYPES else None
+    decision = check_dispatch(job_type, profile, merge=merge)
     if not decision.allowed:
         raise GuardRailDenied(decision)
     return profile

@@ -14,7 +14,7 @@ import structlog
 from stitchwork.bus.memory import InProcessBus
 from stitchwork.clock import Clock, SystemClock
 from stitchwork.config import Settings
-from stitchwork.domain.guards import AGENT_TASK
+from stitchwork.domain.guards import AGENT_JOB_TYPES
 from stitchwork.queue.base import QueueBackend
 from stitchwork.queue.sql import create_queue
 from stitchwork.runner.agent_task import AgentTaskRunner
@@ -134,14 +134,14 @@ class Engine:
         )
 
     def handlers(self) -> dict[str, Handler]:
-        """The built-in job types' handlers, ``agent-task`` included."""
+        """The built-in job types' handlers, the agent runner's included."""
         settings = self.settings
         runner = AgentTaskRunner(
             settings.agent_work_dir,
             settings.agent_work_dir / "locks",
             grace_s=settings.cancel_grace.total_seconds(),
         )
-        return {**BUILTIN_HANDLERS, AGENT_TASK: runner}
+        return {**BUILTIN_HANDLERS, **dict.fromkeys(AGENT_JOB_TYPES, runner)}
 
     def scheduler(self, actor: str | None = None) -> Scheduler:
         return Scheduler(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stitchwork.domain.guards import AGENT_TASK, check_dispatch
+from stitchwork.domain.guards import AGENT_TASK, MERGING_JOB_TYPES, check_dispatch
 from stitchwork.domain.repo_config import (
     CONFIG_FILE,
     AgentAdapter,
@@ -46,9 +46,10 @@ def read_repo_config(repo_root: Path) -> RepoConfig:
 
 
 def check_agent_task(
-    payload: dict[str, Any], agent_profile: str | None
+    payload: dict[str, Any], agent_profile: str | None, *, job_type: str = AGENT_TASK
 ) -> tuple[RepoConfig, AgentProfile]:
-    """The repository config and agent profile of a validated ``agent-task`` payload.
+    """The repository config and agent profile of a validated agent job's payload
+    (``agent-task``, or the read-only ``agent-review``).
 
     The config is read from the repository's checkout here; the runner reads it again from
     the target branch in the task's own worktree, so an agent cannot weaken its own gates.
@@ -74,7 +75,8 @@ def check_agent_task(
             f"unknown agent profile {name!r}; {CONFIG_FILE} defines: {known}",
             field="payload.profile",
         )
-    decision = check_dispatch(AGENT_TASK, profile, merge=config.merge)
+    merge = config.merge if job_type in MERGING_JOB_TYPES else None
+    decision = check_dispatch(job_type, profile, merge=merge)
     if not decision.allowed:
         raise GuardRailDenied(decision)
     if profile.adapter is AgentAdapter.SCRIPT and payload.get("script") is None:

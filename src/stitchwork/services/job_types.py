@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from stitchwork.domain.claims import normalize_claim
-from stitchwork.domain.guards import AGENT_TASK
+from stitchwork.domain.guards import AGENT_REVIEW, AGENT_TASK
 from stitchwork.domain.locks import LockMode
 from stitchwork.domain.scripts import parse_script
 from stitchwork.errors import InvalidClaim, InvalidRequest
@@ -138,6 +138,11 @@ BUILTIN_JOB_TYPES = (
         AGENT_TASK,
         AgentTaskPayload,
         "run a coding agent in its own worktree, prove it with gates, merge it",
+    ),
+    JobType(
+        AGENT_REVIEW,
+        AgentTaskPayload,
+        "run a read-only agent (review, analysis) in its own worktree; any change fails it",
     ),
 )
 

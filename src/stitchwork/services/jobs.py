@@ -9,7 +9,7 @@ import structlog
 
 from stitchwork.config import Settings
 from stitchwork.domain.events import Event
-from stitchwork.domain.guards import AGENT_TASK
+from stitchwork.domain.guards import AGENT_JOB_TYPES
 from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NewJob
 from stitchwork.domain.steps import Step
 from stitchwork.errors import InvalidRequest
@@ -43,8 +43,8 @@ class JobService:
         """Validate a new job and resolve its defaults (queue, attempts); raises
         ``InvalidRequest``."""
         payload = self.catalog.validate(new.type, new.payload)
-        if new.type == AGENT_TASK:
-            check_agent_task(payload, new.agent_profile)
+        if new.type in AGENT_JOB_TYPES:
+            check_agent_task(payload, new.agent_profile, job_type=new.type)
         if not MIN_PRIORITY <= new.priority <= MAX_PRIORITY:
             raise InvalidRequest(
                 f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}", field="priority"

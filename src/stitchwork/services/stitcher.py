@@ -37,7 +37,7 @@ from stitchwork.domain.executions import (
     claims_of,
     find_deadlock,
 )
-from stitchwork.domain.guards import AGENT_TASK
+from stitchwork.domain.guards import AGENT_JOB_TYPES
 from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, JobStatus, NewJob
 from stitchwork.domain.plans import PlanNode
 from stitchwork.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
@@ -503,7 +503,7 @@ def node_job(node: PlanNode, repo: str) -> NewJob:
     """The job that runs a plan node. An agent task gets the node's claims and mode, which
     its claims gate enforces, and the execution's repository when that is a path."""
     payload = dict(node.payload)
-    if node.job_type == AGENT_TASK:
+    if node.job_type in AGENT_JOB_TYPES:
         payload.setdefault("claims", list(node.claims))
         payload.setdefault("mode", node.mode.value)
         if repo.startswith("/"):
