@@ -55,6 +55,28 @@ async def events(engine: Engine, job: Job, *types: str) -> list[dict[str, Any]]:
     return [e.payload for e in await engine.store.list_events(job.id, types=types, limit=10_000)]
 
 
+async def wait_for_agent(engine: Engine, job: Job) -> None:
+    """Until the task's agent step (its second step) has started."""
+
+    async def started() -> bool:
+        return len(await events(engine, job, EventType.STEP_STARTED.value)) >= 2
+
+    await wait_until(started, what="the agent step to start", timeout=15)
+
+
+def wait_for(flag: Path) -> dict[str, str]:
+    """A script action that waits until the test creates ``flag`` (at most 60 s)."""
+    return {"run": f"for i in $(seq 600); do [ -e '{flag}' ] && exit 0; sleep 0.1; done; exit 1"}
+
+
+def human_commit(repo: Path, where: Path, path: str, content: str) -> None:
+    """Someone lands a commit on main meanwhile (through a worktree of their own)."""
+    git(repo, "worktree", "add", "-q", str(where), "main")
+    (where / path).write_text(content)
+    git(where, "commit", "-q", "-am", "human edit")
+    git(repo, "worktree", "remove", str(where))
+
+
 def worktrees_dir(engine: Engine) -> Path:
     return engine.settings.agent_work_dir
 
@@ -205,20 +227,13 @@ async def test_a_merge_conflict_fails_cleanly_naming_the_paths(
         ws,
         repo,
         claims=["shared.txt"],
-        script=[{"sleep": 2}, {"write": "shared.txt", "content": "from the agent\n"}],
+        script=[wait_for(tmp_path / "go"), {"write": "shared.txt", "content": "from the agent\n"}],
     )
     async with running_worker(engine):
-
-        async def agent_started() -> bool:
-            return len(await events(engine, job, EventType.STEP_STARTED.value)) >= 2
-
-        await wait_until(agent_started, what="the agent step to start", timeout=15)
+        await wait_for_agent(engine, job)
         # Meanwhile someone lands a different change to the same file on main.
-        other = tmp_path / "other"
-        git(repo, "worktree", "add", "-q", str(other), "main")
-        (other / "shared.txt").write_text("from a human\n")
-        git(other, "commit", "-q", "-am", "human edit")
-        git(repo, "worktree", "remove", str(other))
+        human_commit(repo, tmp_path / "other", "shared.txt", "from a human\n")
+        (tmp_path / "go").touch()  # now the agent goes on
         main_before = git(repo, "rev-parse", "main")
         done = await wait_for_status(engine, job.id, *DONE, timeout=30)
     assert done.status is JobStatus.FAILED
@@ -353,19 +368,12 @@ async def test_rebased_work_passes_its_gates_again_before_it_lands(
         repo,
         prompt="Edit a",
         claims=["a.txt"],
-        script=[{"sleep": 2}, {"write": "a.txt", "content": "agent\n"}],
+        script=[wait_for(tmp_path / "go"), {"write": "a.txt", "content": "agent\n"}],
     )
     async with running_worker(engine):
-
-        async def agent_started() -> bool:
-            return len(await events(engine, job, EventType.STEP_STARTED.value)) >= 2
-
-        await wait_until(agent_started, what="the agent step to start", timeout=15)
-        other = tmp_path / "other"
-        git(repo, "worktree", "add", "-q", str(other), "main")
-        (other / "b.txt").write_text("human\n")
-        git(other, "commit", "-q", "-am", "human edit")
-        git(repo, "worktree", "remove", str(other))
+        await wait_for_agent(engine, job)
+        human_commit(repo, tmp_path / "other", "b.txt", "human\n")
+        (tmp_path / "go").touch()  # now the agent goes on
         done = await wait_for_status(engine, job.id, *DONE, timeout=30)
     assert done.status is JobStatus.COMPLETED, done.error
     assert log(repo) == ["Edit a", "human edit", "initial"]  # linear: rebased, fast-forwarded

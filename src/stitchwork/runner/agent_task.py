@@ -18,7 +18,7 @@ from typing import Any
 
 from stitchwork.domain.continuation import GateFailure, continuation_prompt
 from stitchwork.domain.events import EventType
-from stitchwork.domain.guards import MERGING_JOB_TYPES, REPO_WRITE, check_dispatch, grants
+from stitchwork.domain.guards import MERGING_JOB_TYPES, REPO_WRITE, grants
 from stitchwork.domain.locks import LockMode
 from stitchwork.domain.repo_config import AgentProfile, MergeStrategy, RepoConfig
 from stitchwork.domain.steps import StepPhase, StepType
@@ -37,7 +37,11 @@ from stitchwork.runner.git import find_commit, git, is_ancestor
 from stitchwork.runner.merge import integrate
 from stitchwork.runner.worktrees import Worktree, Worktrees
 from stitchwork.runtime.context import JobContext, JobFailed, StepHandle
-from stitchwork.services.agent_tasks import check_agent_task, read_repo_config
+from stitchwork.services.agent_tasks import (
+    allowed_profile,
+    check_agent_task,
+    read_repo_config,
+)
 from stitchwork.services.job_types import AgentTaskPayload
 from stitchwork.storage.steps import JobLost
 
@@ -136,7 +140,9 @@ class AgentTaskRunner:
             # The gates, rails and profiles that count are the target branch's committed ones.
             try:
                 config = read_repo_config(wt.path)
-                profile = _profile(config, payload.profile or ctx.job.agent_profile, ctx.job.type)
+                profile = allowed_profile(
+                    config, payload.profile or ctx.job.agent_profile, ctx.job.type
+                )
             except (InvalidRequest, GuardRailDenied) as exc:
                 await self.worktrees.remove(wt, delete_branch=True)
                 raise JobFailed(str(exc), retryable=False) from exc
@@ -349,17 +355,3 @@ def _mode(payload: AgentTaskPayload, run: _Run) -> LockMode:
     if run.job_type not in MERGING_JOB_TYPES:
         return LockMode.READ
     return payload.mode if grants(run.profile.capabilities, REPO_WRITE) else LockMode.READ
-
-
-def _profile(config: RepoConfig, name: str | None, job_type: str) -> AgentProfile:
-    profile = config.profiles.get(name or config.default_profile)
-    if profile is None:
-        raise InvalidRequest(
-            f"the target branch's stitchwork.toml has no agent profile {name!r}",
-            field="payload.profile",
-        )
-    merge = config.merge if job_type in MERGING_JOB_TYPES else None
-    decision = check_dispatch(job_type, profile, merge=merge)
-    if not decision.allowed:
-        raise GuardRailDenied(decision)
-    return profile

@@ -67,7 +67,25 @@ def check_agent_task(
             field="payload.repo",
         )
     config = read_repo_config(repo)
-    name = payload.get("profile") or agent_profile or config.default_profile
+    profile = allowed_profile(config, payload.get("profile") or agent_profile, job_type)
+    if profile.adapter is AgentAdapter.SCRIPT and payload.get("script") is None:
+        raise InvalidRequest(
+            f"profile {profile.name!r} is the script agent: give payload.script, a list of "
+            'actions such as [{"write": "a.txt", "content": "hi"}]',
+            field="payload.script",
+        )
+    return config, profile
+
+
+def allowed_profile(config: RepoConfig, name: str | None, job_type: str) -> AgentProfile:
+    """The profile ``name`` (default: the config's) if the guard rails let it run
+    ``job_type``.
+
+    Raises:
+        InvalidRequest: the config defines no such profile.
+        GuardRailDenied: the profile lacks a capability the job type needs.
+    """
+    name = name or config.default_profile
     profile = config.profiles.get(name)
     if profile is None:
         known = ", ".join(sorted(config.profiles))
@@ -79,10 +97,4 @@ def check_agent_task(
     decision = check_dispatch(job_type, profile, merge=merge)
     if not decision.allowed:
         raise GuardRailDenied(decision)
-    if profile.adapter is AgentAdapter.SCRIPT and payload.get("script") is None:
-        raise InvalidRequest(
-            f"profile {name!r} is the script agent: give payload.script, a list of actions "
-            'such as [{"write": "a.txt", "content": "hi"}]',
-            field="payload.script",
-        )
-    return config, profile
+    return profile
