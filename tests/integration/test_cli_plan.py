@@ -271,6 +271,21 @@ def test_the_live_view_shows_what_a_pending_node_waits_for() -> None:
     assert rows["b"][5] == ""
 
 
+def test_the_live_view_does_not_apply_again_what_its_last_read_already_shows() -> None:
+    execution = _execution(["a"])
+    execution["last_event_seq"] = 5
+    execution["nodes"][0].update(status="running", attempt=1)
+    view = ExecutionView(execution)
+
+    replayed = StreamEvent("3", "task.ready", {"type": "task.ready", "payload": {"node": "a"}})
+    view.apply(replayed)  # history the stream replays first
+    assert (view.nodes["a"]["status"], view.nodes["a"]["attempt"]) == ("running", 1)
+
+    new = StreamEvent("6", "task.completed", {"type": "task.completed", "payload": {"node": "a"}})
+    view.apply(new)
+    assert view.nodes["a"]["status"] == "completed"
+
+
 def test_the_live_view_applies_task_events_to_its_rows() -> None:
     view = ExecutionView(_execution(["a", "b", "c"]))
 

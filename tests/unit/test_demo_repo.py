@@ -57,7 +57,7 @@ def test_the_plan_validates_with_eight_agent_tasks_whose_payloads_are_valid() ->
     assert plan.concurrency == CONCURRENCY == 3
     assert plan.repo == str(REPO)
     for node in plan.nodes:
-        job = node_job(node)  # what the scheduler submits: the node's claims in the payload
+        job = node_job(node, str(REPO))  # what the scheduler submits: claims in the payload
         payload = JobTypeCatalog().validate("agent-task", job.payload)
         task = AgentTaskPayload.model_validate(payload)
         assert task.repo == str(REPO)

@@ -93,6 +93,12 @@ class ExecutionView:
         at = event.data.get("created_at")
         with self._lock:
             self.note = ""
+            # The stream replays the history first; what the last read already shows must
+            # not move nodes back (nor count their attempts twice).
+            if event.id.isdigit() and int(event.id) <= int(
+                self.execution.get("last_event_seq") or 0
+            ):
+                return
             if event.type.startswith("execution."):
                 if "status" in payload:
                     self.execution["status"] = payload["status"]
