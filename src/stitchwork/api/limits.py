@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A request body passed ``max_body_bytes`` while it was being read."""
 
 
 class BodySizeLimit:

@@ -11,6 +11,7 @@ decisions, so the two can never disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ async def _tracked_gate(
     attempt: int,
 ) -> GateResult:
     result: GateResult | None = None
-    try:
+    # Raising _GateFailed records the step as failed; the result itself says why.
+    with contextlib.suppress(_GateFailed):
         async with ctx.step(
             f"gate {name} (attempt {attempt})", phase=StepPhase.VALIDATION, type_=StepType.GATE
         ) as step:
@@ -111,8 +113,6 @@ async def _tracked_gate(
             else:
                 await step.event(EventType.GATE_FAILED, payload)
                 raise _GateFailed(result.summary)
-    except _GateFailed:
-        pass
     assert result is not None
     return result
 

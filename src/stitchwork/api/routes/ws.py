@@ -237,7 +237,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         while True:
             await connection.handle(await ws.receive_text())
     except WebSocketDisconnect:
-        pass
+        return  # the client left: nothing to answer
     finally:
         subscribers.dec()
         await connection.close()
