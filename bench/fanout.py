@@ -105,12 +105,14 @@ class Sampler(threading.Thread):
 
 
 def proc_status_kb(pid: int, key: str) -> int:
+    """A ``/proc/<pid>/status`` figure in kB; 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
-        pass
+        return 0
+    for line in lines:
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
     return 0
 
 
