@@ -40,7 +40,7 @@ pytest: $(STAMP)
 	exit $$rc
 
 bench: $(STAMP)
-	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/queue_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

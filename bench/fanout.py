@@ -32,15 +32,6 @@ check: ``.venv/bin/python bench/fanout.py --sse 20 --ws 20 --seconds 5 --procs 2
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python bench/fanout.py` puts bench/ first on sys.path, where bench/queue.py would shadow the
-# standard library's `queue` (which concurrent.futures imports). Append bench/ and remove its
-# first occurrence: run as a script, it moves to the back; imported, nothing changes.
-sys.path.append(str(Path(__file__).resolve().parent))
-sys.path.remove(str(Path(__file__).resolve().parent))
-
 import argparse
 import asyncio
 import contextlib
@@ -49,10 +40,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx

@@ -1,4 +1,4 @@
-"""Figures and the printed report of ``bench/queue.py``: results, percentiles, the machine."""
+"""Figures and the printed report of ``bench/queue_bench.py``: results, percentiles, the machine."""
 
 from __future__ import annotations
 

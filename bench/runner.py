@@ -23,14 +23,6 @@ Run: ``.venv/bin/python bench/runner.py [--jobs 10] [--parallel 8] [--json PATH]
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python bench/runner.py` puts bench/ first on sys.path, where bench/queue.py would shadow
-# the standard library's `queue` (which asyncio and logging import): move bench/ to the back.
-sys.path.append(str(Path(__file__).resolve().parent))
-sys.path.remove(str(Path(__file__).resolve().parent))
-
 import argparse
 import asyncio
 import contextlib
@@ -40,12 +32,14 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog

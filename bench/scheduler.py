@@ -20,14 +20,6 @@ Run: ``.venv/bin/python bench/scheduler.py [--backend sqlite|postgres] [--nodes 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python bench/scheduler.py` puts bench/ first on sys.path, where bench/queue.py would shadow
-# the standard library's `queue` (which asyncio and logging import): move bench/ to the back.
-sys.path.append(str(Path(__file__).resolve().parent))
-sys.path.remove(str(Path(__file__).resolve().parent))
-
 import argparse
 import asyncio
 import contextlib
@@ -41,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg

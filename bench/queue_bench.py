@@ -10,19 +10,10 @@ Postgres schema dropped at the end):
 * enqueue-to-start latency (p50/p99) while the worker idles and jobs arrive one at a time at
   ``--rate`` per second for ``--latency-seconds``; latency = start - enqueue, both from the DB.
 
-Run: ``.venv/bin/python bench/queue.py [--jobs 10000] [--backends sqlite,postgres]``.
+Run: ``.venv/bin/python bench/queue_bench.py [--jobs 10000] [--backends sqlite,postgres]``.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# `python bench/queue.py` puts bench/ first on sys.path, where this file would shadow the
-# standard library's `queue` (which asyncio and logging import). Append it, then remove its
-# first occurrence: run as a script, bench/ moves to the back; imported, nothing changes.
-sys.path.append(str(Path(__file__).resolve().parent))
-sys.path.remove(str(Path(__file__).resolve().parent))
 
 import argparse
 import asyncio
@@ -31,11 +22,13 @@ import json
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import procrastinate
@@ -127,7 +120,7 @@ async def offer_load(
 
 
 async def start_worker(*role_args: str) -> asyncio.subprocess.Process:
-    """Start ``python bench/queue.py --role ...`` and wait for it to say it is ready."""
+    """Start ``python bench/queue_bench.py --role ...`` and wait for it to say it is ready."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, SCRIPT, *role_args, stdout=asyncio.subprocess.PIPE
     )
