@@ -11,7 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,16 @@ from stitchwork.storage.db import Database
 PG_URL = os.environ.get(
     "STITCHWORK_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("STITCHWORK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def _reachable(url: str) -> bool:
+def _reachable(url: str, default_port: int = 5432) -> bool:
     parsed = urlparse(url.replace("+asyncpg", ""))
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), 2):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -48,13 +51,36 @@ def require_postgres() -> None:
         pytest.skip(message)
 
 
+def require_redis() -> None:
+    if not _reachable(REDIS_URL, 6379):
+        message = f"Redis is not reachable at {REDIS_URL}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: service tests must run, not skip)")
+        pytest.skip(message)
+
+
+def drop_redis_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every key under ``prefix:`` (a test's own BullMQ queues), never the rest."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where a test's database lives: a SQLite file, or a fresh schema in Postgres."""
+    """Where a test's database lives (a SQLite file, or a fresh schema in Postgres) and, for
+    ``bullmq``, the Redis key prefix of its own BullMQ queues."""
 
     name: str
     database_url: str
     search_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -67,6 +93,7 @@ class Backend:
             "cancel_grace": timedelta(milliseconds=500),
             "backoff_base": timedelta(milliseconds=50),
             "backoff_max": timedelta(milliseconds=200),
+            **self.extra,
         }
         values.update(overrides)
         return Settings(**values)
@@ -98,15 +125,48 @@ def _data_dir_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each test using this runs twice: on SQLite and on Postgres (the contract suites)."""
-    if request.param == "sqlite":
+    yield from backend_named(request.param, tmp_path)
+
+
+# For the queue and worker contract suites: the embedded queue on both databases, and BullMQ.
+QUEUE_BACKENDS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("bullmq", marks=pytest.mark.redis),
+]
+
+
+def backend_named(name: str, tmp_path: Path) -> Iterator[Backend]:
+    if name == "sqlite":
         yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'stitchwork.db'}")
-        return
-    yield from _postgres_backend()
+    elif name == "postgres":
+        yield from _postgres_backend()
+    else:
+        yield from _bullmq_backend(tmp_path)
 
 
 @pytest.fixture
 def pg_backend() -> Iterator[Backend]:
     yield from _postgres_backend()
+
+
+@pytest.fixture
+def bullmq_backend(tmp_path: Path) -> Iterator[Backend]:
+    """SQLite for the database, a BullMQ queue on the real Redis under a prefix of its own."""
+    yield from _bullmq_backend(tmp_path)
+
+
+def _bullmq_backend(tmp_path: Path) -> Iterator[Backend]:
+    require_redis()
+    prefix = f"swt{uuid.uuid4().hex[:10]}"
+    try:
+        yield Backend(
+            "bullmq",
+            f"sqlite+aiosqlite:///{tmp_path / 'stitchwork.db'}",
+            extra={"queue_url": REDIS_URL, "bullmq_prefix": prefix},
+        )
+    finally:
+        drop_redis_prefix(prefix)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ DURATION_FIELDS = (
     "starvation_after",
     "pull_lease",
     "stall_after",
+    "reconcile_interval",
 )
 
 
@@ -44,7 +45,31 @@ class Settings(BaseSettings):
         description="agent tasks' worktrees and merge locks (default <data_dir>/work)",
     )
     database_url: str = ""
-    queue_url: str = "sql://"
+    queue_url: str = Field(
+        default="sql://",
+        description="sql:// (the job table) or redis://host:port/db (BullMQ queues on Redis)",
+    )
+    bus_url: str = Field(
+        default="",
+        description=(
+            "how events reach other processes: '' or db:// (each API process tails the "
+            "database), redis://host:port/db (pub/sub) or postgresql://... (LISTEN/NOTIFY)"
+        ),
+    )
+    bullmq_prefix: str = Field(
+        default="bull",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Redis key prefix of the BullMQ queues (BullMQ's own default)",
+    )
+    bullmq_queue_prefix: str = Field(
+        default="stitchwork.",
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="BullMQ queue name = this + the stitchwork queue name",
+    )
+    reconcile_interval: timedelta = Field(
+        default=timedelta(seconds=2),
+        description="how often the broker is checked against the database (queued jobs it lost)",
+    )
 
     api_url: str = Field(default="", description="where CLI commands reach the API")
     api_key: str = Field(default="", repr=False, description="key CLI commands send")
@@ -55,9 +80,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
     worker_concurrency: int = Field(default=4, ge=1, le=1024)
-    lease: timedelta = timedelta(seconds=30)
-    heartbeat_interval: timedelta = timedelta(seconds=10)
-    sweep_interval: timedelta = timedelta(seconds=5)
+    # A killed worker's jobs run again within lease + sweep_interval (about 7 s by default).
+    lease: timedelta = timedelta(seconds=6)
+    heartbeat_interval: timedelta = timedelta(seconds=2)
+    sweep_interval: timedelta = timedelta(seconds=1)
     poll_interval: timedelta = timedelta(seconds=1)
     shutdown_grace: timedelta = timedelta(seconds=30)
     cancel_grace: timedelta = timedelta(seconds=5)
@@ -101,6 +127,59 @@ class Settings(BaseSettings):
         description="job type -> queue name; types not listed go to the 'default' queue",
     )
 
+    # Chat (docs/chat.md). JSON-valued settings are JSON in the environment.
+    chat_bot_name: str = Field(
+        default="stitch",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="the name people mention the bot by: @<name> fix #42",
+    )
+    chat_users: dict[str, dict[str, str | list[str]]] = Field(
+        default_factory=dict,
+        description=(
+            'who may do what: "<platform>:<user id>", "<platform>:role:<role>" or '
+            '"<platform>:*" -> {"workspace": "default", "actions": ["fix", "status"] or "*"}; '
+            "anyone else is politely refused"
+        ),
+    )
+    chat_repos: dict[str, str] = Field(
+        default_factory=dict,
+        description='repository name -> absolute path of its checkout: {"acme/app": "/src/app"}',
+    )
+    chat_channel_repos: dict[str, str] = Field(
+        default_factory=dict,
+        description='channel id -> the repository name "#42" means there ("*": any other channel)',
+    )
+    chat_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description="job type -> channel id the herald posts its milestones to",
+    )
+    chat_default_channel: str | None = Field(
+        default=None, description="where milestones of job types not in chat_routes go"
+    )
+    chat_rate_messages: int = Field(
+        default=5, ge=1, le=1000, description="chat messages per channel or thread per window"
+    )
+    chat_rate_window_s: float = Field(
+        default=5.0, gt=0, le=3600, description="the window of chat_rate_messages, in seconds"
+    )
+    chat_command_rate: int = Field(
+        default=10, ge=1, le=10_000, description="commands one chat user may send per minute"
+    )
+    slack_signing_secret: str = Field(
+        default="", repr=False, description="Slack app signing secret (verifies slash commands)"
+    )
+    mattermost_token: str = Field(
+        default="", repr=False, description="Mattermost slash-command or outgoing-webhook token"
+    )
+    slack_webhook_url: str = Field(
+        default="", repr=False, description="incoming-webhook URL replies and status go to"
+    )
+    discord_token: str = Field(default="", repr=False, description="Discord bot token")
+    discord_guild_id: int | None = Field(default=None, description="the Discord server (guild)")
+    discord_channel_id: int | None = Field(
+        default=None, description="the Discord control channel the bot listens in"
+    )
+
     @field_validator(*DURATION_FIELDS, mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
@@ -124,6 +203,7 @@ class Settings(BaseSettings):
         "starvation_after",
         "pull_lease",
         "stall_after",
+        "reconcile_interval",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

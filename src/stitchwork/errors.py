@@ -127,6 +127,21 @@ class CycleError(InvalidRequest):
         self.cycle = cycle
 
 
+class CommandSyntaxError(InvalidRequest):
+    """A chat command the grammar does not accept: ``message`` says what is wrong and
+    ``example`` is a correct command of the kind intended (``@stitch fix #42``)."""
+
+    title = "Invalid chat command"
+
+    def __init__(self, message: str, example: str) -> None:
+        stop = "" if message.endswith((".", "?", "!")) else "."
+        super().__init__(
+            f"{message}{stop} For example: {example}", field="command", example=example
+        )
+        self.message = message
+        self.example = example
+
+
 class InvalidRepoConfig(InvalidRequest):
     """A ``stitchwork.toml`` that cannot be used.
 

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from stitchwork.clock import FakeClock
 from stitchwork.domain.jobs import Job, JobStatus, NewJob
 from stitchwork.runtime.engine import Engine
-from tests.conftest import Backend
+from tests.conftest import QUEUE_BACKENDS, Backend, backend_named
 from tests.contract.helpers import default_workspace, event_types
 
 LEASE = timedelta(seconds=30)
 ACTOR = "test"
+
+
+@pytest.fixture(params=QUEUE_BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The queue contract runs on the embedded queue (SQLite, Postgres) and on BullMQ."""
+    yield from backend_named(request.param, tmp_path)
 
 
 async def _submit(engine: Engine, ws: uuid.UUID, n: int = 1, **kw: object) -> list[Job]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from stitchwork.domain.jobs import Job, JobStatus, NewJob
 from stitchwork.runtime.context import JobContext, JobFailed
 from stitchwork.runtime.engine import Engine
 from stitchwork.runtime.handlers import noop
-from tests.conftest import Backend
+from tests.conftest import QUEUE_BACKENDS, Backend, backend_named
 from tests.contract.helpers import (
     default_workspace,
     event_types,
@@ -27,6 +28,13 @@ from tests.contract.helpers import (
     wait_for_status,
     wait_until,
 )
+
+
+@pytest.fixture(params=QUEUE_BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The worker contract runs on the embedded queue (SQLite, Postgres) and on BullMQ."""
+    yield from backend_named(request.param, tmp_path)
+
 
 ACTOR = "test"
 

@@ -35,6 +35,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}"
         return
+    yield from postgres_database()
+
+
+def postgres_database() -> Iterator[str]:
+    """A fresh Postgres database for one test (processes cannot share a schema search path)."""
     require_postgres()
     name = f"sw_e2e_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))

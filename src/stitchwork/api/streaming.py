@@ -13,8 +13,10 @@ without waking the stream's task; anything else (a gap, the job's end, a full so
 ordinary way, and the stream's position is the same either way.
 
 Events committed by other processes (a separate ``stitchwork worker``) reach this process's bus
-through the ``EventTailer`` (one database read per ``event_tail_interval`` for the whole
-process, whatever the number of streams).
+through the relay ``bus_url`` selects (``bus/relay.py``): by default the database tail (one read
+per ``event_tail_interval`` for the whole process, whatever the number of streams), or Redis
+pub/sub or Postgres LISTEN/NOTIFY. Whatever a relay misses shows up here as a gap or at the
+idle re-read, and is read from the database.
 """
 
 from __future__ import annotations

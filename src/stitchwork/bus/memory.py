@@ -106,9 +106,11 @@ class InProcessBus:
         first_job = events[0].job_id
         if all(event.job_id == first_job for event in events):
             groups: list[tuple[UUID | None, Sequence[Event]]] = [(first_job, events)]
-        else:
-            jobs = dict.fromkeys(event.job_id for event in events)
-            groups = [(job, [e for e in events if e.job_id == job]) for job in jobs]
+        else:  # one pass: a batch of many jobs' events is common (submit_many)
+            by_job: dict[UUID | None, list[Event]] = {}
+            for event in events:
+                by_job.setdefault(event.job_id, []).append(event)
+            groups = list(by_job.items())
         for job_id, of_job in groups:
             feed = self._by_job.get(job_id) if job_id is not None else None
             if feed is not None:

@@ -124,6 +124,9 @@ class NewJob:
     run_after: datetime | None = None
     issue_ref: str | None = None
     agent_profile: str | None = None
+    # Where the job came from, for its followers (the chat bridge puts {"chat": {"provider",
+    # "channel", "thread"}} here); carried by the job.created event, not a column.
+    metadata: dict[str, Any] | None = None
 
 
 MIN_PRIORITY = -1000

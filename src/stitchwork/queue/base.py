@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from stitchwork.domain.jobs import Job
@@ -51,8 +51,10 @@ class QueueBackend(Protocol):
 
     def remove_cancel_listener(self, listener: CancelListener) -> None: ...
 
-    async def wait_for_work(self, timeout: timedelta) -> None:
-        """Return when work may be available, or after ``timeout``."""
+    async def wait_for_work(
+        self, timeout: timedelta, *, queues: Collection[str] | None = None
+    ) -> None:
+        """Return when work may be available (in ``queues``, or any), or after ``timeout``."""
         ...
 
     async def pause(self, name: str) -> None: ...
@@ -60,3 +62,26 @@ class QueueBackend(Protocol):
     async def resume(self, name: str) -> None: ...
 
     async def list_queues(self) -> list[QueueInfo]: ...
+
+    def settle(self, job_ids: Collection[UUID]) -> None:
+        """The worker is done with these deliveries, however the jobs ended (the database has
+        recorded it): a broker that tracks deliveries acknowledges them. Never blocks."""
+        ...
+
+    async def reconcile(self) -> Drift:
+        """Compare the broker with the database and repair it: re-deliver jobs the database
+        says are queued but the broker lost."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
+        """Connection state and the last reconciliation, for the health report."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What a reconciliation found: ``missing`` queued jobs the broker did not hold (now
+    re-added), out of ``queued`` checked."""
+
+    queued: int = 0
+    missing: int = 0

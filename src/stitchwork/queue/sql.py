@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -23,9 +23,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 from stitchwork.clock import Clock
+from stitchwork.config import Settings
 from stitchwork.domain.events import EventType
 from stitchwork.domain.jobs import Job, JobStatus
-from stitchwork.queue.base import CancelListener, QueueInfo
+from stitchwork.queue.base import CancelListener, Drift, QueueInfo
 from stitchwork.storage.db import Database
 from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
 from stitchwork.storage.tables import queue_states, runner_jobs
@@ -81,9 +82,12 @@ class SqlQueue:
             except Exception:
                 log.exception("cancel_listener_failed", job_id=str(job_id))
 
-    async def enqueued_in(self, tx: Tx, queue_names: set[str]) -> None:
+    async def enqueued_in(self, tx: Tx, jobs: Sequence[Job]) -> None:
         """Wake workers for jobs queued in ``tx``: the NOTIFY rides in the transaction (Postgres
         delivers it at commit, so no extra round trip), the local wake-up follows the commit."""
+        await self._wake_in(tx)
+
+    async def _wake_in(self, tx: Tx) -> None:
         if self.db.is_postgres:
             await tx.conn.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
         tx.after_commit.append(self._wake.set)
@@ -119,7 +123,9 @@ class SqlQueue:
         with contextlib.suppress(ValueError):
             self._cancel_listeners.remove(listener)
 
-    async def wait_for_work(self, timeout: timedelta) -> None:
+    async def wait_for_work(
+        self, timeout: timedelta, *, queues: Collection[str] | None = None
+    ) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
         # arrives as the event is set, and a worker shutting down would never stop its waker.
         with contextlib.suppress(TimeoutError):
@@ -173,6 +179,24 @@ class SqlQueue:
         jobs.sort(key=lambda j: (-j.priority, j.run_after or now, j.id))
         return jobs
 
+    # -- the table is the queue ---------------------------------------------------------------
+
+    def settle(self, job_ids: Collection[UUID]) -> None:
+        """Nothing to acknowledge: the job row is the delivery, and its status (written by the
+        worker's transition) already says how it ended."""
+        del job_ids
+
+    async def reconcile(self) -> Drift:
+        """No drift is possible: the database is the queue. Counts what is queued."""
+        async with self.db.read() as conn:
+            queued = await conn.scalar(
+                select(func.count()).where(runner_jobs.c.status == JobStatus.QUEUED.value)
+            )
+        return Drift(queued=int(queued or 0))
+
+    async def status(self) -> dict[str, Any]:
+        return {"backend": "sql", "ok": True}
+
     # -- pause / resume ----------------------------------------------------------------------
 
     async def _set_paused(self, name: str, paused: bool) -> None:
@@ -185,7 +209,7 @@ class SqlQueue:
         async with self.writer.write() as tx:
             await tx.conn.execute(stmt)  # an upsert: two processes pausing at once both succeed
             if not paused:
-                await self.enqueued_in(tx, {name})
+                await self._wake_in(tx)
 
     async def pause(self, name: str) -> None:
         await self._set_paused(name, True)
@@ -219,13 +243,30 @@ class SqlQueue:
         ]
 
 
-def create_queue(url: str, writer: EventWriter) -> SqlQueue:
-    """Build the queue backend ``url`` names. ``sql://`` is the only one so far."""
+def create_queue(settings: Settings, writer: EventWriter) -> SqlQueue:
+    """Build the queue backend ``settings.queue_url`` names: ``sql://`` (this table) or
+    ``redis://`` / ``rediss://`` (BullMQ queues on Redis)."""
     from stitchwork.errors import ConfigError
 
+    url = settings.queue_url
     if url.rstrip("/") in {"sql:", "sql:/"}:
         return SqlQueue(writer)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from stitchwork.queue.bullmq import BullMQQueue
+
+        return BullMQQueue(
+            writer,
+            url,
+            prefix=settings.bullmq_prefix,
+            queue_prefix=settings.bullmq_queue_prefix,
+            lease=settings.lease,
+            renew_interval=settings.heartbeat_interval,
+            stalled_interval=settings.sweep_interval,
+            reconcile_interval=settings.reconcile_interval,
+            queue_names=settings.queue_routes.values(),
+        )
     raise ConfigError(
-        f"unsupported queue_url {url!r}: this version supports sql:// (the job table) only",
+        f"unsupported queue_url {url!r}: use sql:// (the job table) or redis://host:port/db "
+        "(BullMQ queues on Redis)",
         field="queue_url",
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from stitchwork.bus.memory import InProcessBus
+from stitchwork.bus.relay import EventRelay, RelayBus, create_relay
 from stitchwork.clock import Clock, SystemClock
 from stitchwork.config import Settings
 from stitchwork.domain.guards import AGENT_JOB_TYPES
@@ -21,6 +22,7 @@ from stitchwork.runner.agent_task import AgentTaskRunner
 from stitchwork.runtime.context import Handler
 from stitchwork.runtime.handlers import BUILTIN_HANDLERS
 from stitchwork.runtime.metrics import Metrics
+from stitchwork.runtime.reconciler import Reconciler
 from stitchwork.runtime.scheduler import Scheduler
 from stitchwork.runtime.sweeper import LeaseSweeper
 from stitchwork.runtime.worker import Worker, new_worker_id
@@ -31,6 +33,7 @@ from stitchwork.services.jobs import JobService
 from stitchwork.services.stitcher import Stitcher
 from stitchwork.storage.auth import SqlAuthStore
 from stitchwork.storage.db import Database
+from stitchwork.storage.event_log import SqlEventLog
 from stitchwork.storage.executions import SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.locks import SqlLockStore
@@ -47,6 +50,7 @@ class Engine:
     clock: Clock
     db: Database
     bus: InProcessBus
+    relay: EventRelay  # how events reach other processes (bus_url)
     store: SqlJobStore
     steps: SqlStepStore
     queue: QueueBackend
@@ -71,10 +75,20 @@ class Engine:
         bus = InProcessBus(default_buffer=settings.subscriber_buffer)
         writer = EventWriter(db, clock, bus)
         try:
+            relay = create_relay(
+                settings.bus_url,
+                bus,
+                SqlEventLog(db),
+                tail_interval_s=settings.event_tail_interval.total_seconds(),
+                search_path=search_path,
+            )
+            if relay.sends:  # committed events go to the local bus and the other processes
+                writer.bus = RelayBus(bus, relay)
             if migrate:
                 await upgrade(db)
-            queue = create_queue(settings.queue_url, writer)
+            queue = create_queue(settings, writer)
             await queue.start()
+            await relay.start()  # sends in the background: never waits for the remote
         except BaseException:
             await db.dispose()
             raise
@@ -99,6 +113,7 @@ class Engine:
             clock=clock,
             db=db,
             bus=bus,
+            relay=relay,
             store=store,
             steps=steps,
             queue=queue,
@@ -110,6 +125,7 @@ class Engine:
         )
 
     async def close(self) -> None:
+        await self.relay.close()  # sends what is pending first, briefly
         await self.queue.close()
         await self.db.dispose()
 
@@ -152,6 +168,9 @@ class Engine:
             actor=actor or f"scheduler:{new_worker_id()}",
         )
 
+    def reconciler(self) -> Reconciler:
+        return Reconciler(self.queue, interval_s=self.settings.reconcile_interval.total_seconds())
+
     def sweeper(self, actor: str | None = None) -> LeaseSweeper:
         return LeaseSweeper(
             self.store,
@@ -175,12 +194,15 @@ async def run_worker_until_signalled(engine: Engine, worker: Worker) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, worker.stop)
-    sweeper = asyncio.create_task(engine.sweeper(actor=worker.worker_id).run())
+    loops = [
+        asyncio.create_task(engine.sweeper(actor=worker.worker_id).run(), name="sweeper"),
+        asyncio.create_task(engine.reconciler().run(), name="reconciler"),
+    ]
     try:
         await worker.run()
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for loop_task in loops:
+            loop_task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

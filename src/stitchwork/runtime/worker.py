@@ -33,7 +33,8 @@ from stitchwork.storage.steps import JobLost, SqlStepStore
 
 log = structlog.get_logger(__name__)
 
-RESERVE_ERROR_BACKOFF_S = 1.0
+RESERVE_ERROR_BACKOFF_S = 0.5
+RESERVE_BACKOFF_MAX_S = 10.0
 
 
 def new_worker_id() -> str:
@@ -176,10 +177,11 @@ class Worker:
 
     async def _waker(self) -> None:
         while True:
-            await self.queue.wait_for_work(self.settings.poll_interval)
+            await self.queue.wait_for_work(self.settings.poll_interval, queues=self.queues)
             self._kick.set()
 
     async def _reserve_loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             # Cleared before reserving, not after: a wake-up that arrives while the reserve
             # query runs must make the loop look again instead of being lost.
@@ -192,10 +194,21 @@ class Worker:
                     )
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    self.log.exception("reserve_failed")
-                    await asyncio.sleep(RESERVE_ERROR_BACKOFF_S)
+                except Exception as exc:
+                    # The database or the broker is unreachable: back off (up to 10 s) and try
+                    # again; the first failure of an outage is logged in full.
+                    failures += 1
+                    if failures == 1:
+                        self.log.exception("reserve_failed")
+                    else:
+                        self.log.warning("reserve_failed", error=str(exc)[:200], failures=failures)
+                    await asyncio.sleep(
+                        min(RESERVE_BACKOFF_MAX_S, RESERVE_ERROR_BACKOFF_S * 2 ** (failures - 1))
+                    )
                     continue
+                if failures:
+                    self.log.info("reserve_recovered", after_failures=failures)
+                    failures = 0
                 for job in jobs:
                     self._start(job)
                 if len(jobs) == free:
@@ -281,6 +294,7 @@ class Worker:
                     time.perf_counter() - started
                 )
             self._running.pop(job.id, None)
+            self.queue.settle((job.id,))
             if running.killer is not None:
                 running.killer.cancel()
             self._kick.set()

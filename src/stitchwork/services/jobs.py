@@ -64,6 +64,7 @@ class JobService:
                 run_after=new.run_after,
                 issue_ref=new.issue_ref,
                 agent_profile=new.agent_profile,
+                metadata=new.metadata,
             ),
             queue_name=self.settings.queue_for(new.type),
             max_attempts=max_attempts,

@@ -157,18 +157,21 @@ class SqlJobStore(LeaseOperations):
             if key:
                 existing[key] = job_from_row(row)  # a key repeated within one batch
             job_rows.append(row)
+            created: dict[str, Any] = {
+                "status": JobStatus.PENDING.value,
+                "type": new.type,
+                "priority": new.priority,
+                "issue_ref": new.issue_ref,
+            }
+            if new.metadata is not None:
+                created["metadata"] = new.metadata
             events.append(
                 event_row(
                     job_id,
                     1,
                     EventType.JOB_CREATED,
                     actor,
-                    {
-                        "status": JobStatus.PENDING.value,
-                        "type": new.type,
-                        "priority": new.priority,
-                        "issue_ref": new.issue_ref,
-                    },
+                    created,
                     now,
                     workspace_id=workspace_id,
                 )
@@ -193,7 +196,7 @@ class SqlJobStore(LeaseOperations):
         if job_rows:
             await conn.execute(insert(runner_jobs), job_rows)
             await insert_events(tx, events)
-            await self.writer.enqueued(tx, {row["queue_name"] for row in job_rows})
+            await self.writer.enqueued(tx, [s.job for s in out if s.created])
         return out
 
     # -- reads --------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ class SqlJobStore(LeaseOperations):
                     "completed_at": None,
                 },
             )
-            await self.writer.enqueued(tx, {job.queue_name})
+            await self.writer.enqueued(tx, moved)
         return self._only(moved, job, JobStatus.QUEUED)
 
     async def _locked(self, conn: AsyncConnection, job_id: UUID, workspace_id: UUID | None) -> Job:

@@ -187,6 +187,7 @@ class LeaseOperations:
                         "lease_expires_at": None,
                     },
                 )
+                await self.writer.enqueued(tx, moved)
             else:
                 moved = await transition_jobs(
                     tx,
@@ -238,7 +239,7 @@ class LeaseOperations:
                     "lease_expires_at": None,
                 },
             )
-            await self.writer.enqueued(tx, {job.queue_name for job in released})
+            await self.writer.enqueued(tx, released)
         return released
 
     async def expire_leases(self, *, actor: str, limit: int = 500) -> SweepResult:
@@ -315,7 +316,7 @@ class LeaseOperations:
                             "lease_expires_at": None,
                         },
                     )
-            await self.writer.enqueued(tx, {job.queue_name for job in requeued})
+            await self.writer.enqueued(tx, requeued)
         return SweepResult(requeued=requeued, failed=failed)
 
 

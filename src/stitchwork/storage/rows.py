@@ -109,12 +109,16 @@ class Tx:
     conn: AsyncConnection
     events: list[Event] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Awaited after the commit, in order, before the writer returns (a broker add: the job is
+    # deliverable by the time the caller hears it was queued). They must not raise.
+    after_commit_async: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Repositories whose row this transaction locked, with their lock version: one row lock
     # per repository and transaction is enough.
     locked_repos: dict[str, int] = field(default_factory=dict)
 
 
-EnqueueHook = Callable[["Tx", set[str]], Awaitable[None]]
+# Called inside the transaction that queued (or re-queued) these jobs.
+EnqueueHook = Callable[["Tx", Sequence[Job]], Awaitable[None]]
 
 
 class EventWriter:
@@ -130,12 +134,13 @@ class EventWriter:
         self.clock = clock
         self.bus = bus
         # Set by the queue backend: wakes workers for jobs queued in a transaction (for the SQL
-        # queue a NOTIFY inside it, delivered at commit, and a local wake-up after commit).
+        # queue a NOTIFY inside it, delivered at commit, and a local wake-up after commit; for
+        # BullMQ the jobs are added to Redis once the transaction commits).
         self.on_enqueued: EnqueueHook | None = None
 
-    async def enqueued(self, tx: Tx, queue_names: set[str]) -> None:
-        if self.on_enqueued is not None and queue_names:
-            await self.on_enqueued(tx, queue_names)
+    async def enqueued(self, tx: Tx, jobs: Sequence[Job]) -> None:
+        if self.on_enqueued is not None and jobs:
+            await self.on_enqueued(tx, jobs)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
@@ -144,6 +149,8 @@ class EventWriter:
             yield tx
         for callback in tx.after_commit:
             callback()
+        for action in tx.after_commit_async:
+            await action()
         if tx.events and self.bus is not None:
             await self.bus.publish(tx.events)
 

@@ -59,8 +59,10 @@ async def health(engine: EngineDep) -> dict[str, Any] | JSONResponse:
     except Exception as exc:
         report["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     db_ok = report["database"]["ok"]
-    report["queue"] = {"ok": db_ok, "url": engine.settings.queue_url, "backend": "sql"}
-    report["bus"] = {"ok": True, "backend": "in-process"}
+    queue = await engine.queue.status()
+    report["queue"] = {"url": engine.settings.queue_url, **queue, "ok": db_ok and queue["ok"]}
+    bus = engine.relay.status()
+    report["bus"] = {"ok": bool(bus.get("connected", True)), **bus}
     if db_ok:
         now = engine.clock.now()
         async with engine.db.read() as conn:
@@ -77,7 +79,8 @@ async def health(engine: EngineDep) -> dict[str, Any] | JSONResponse:
             for execution_id, last in stalled
         ]
     report["process"] = process_figures()
-    report["status"] = "ok" if db_ok else "unavailable"
+    # A broker outage degrades (jobs wait; the reconciler restores them); no database is fatal.
+    report["status"] = "unavailable" if not db_ok else "ok" if report["queue"]["ok"] else "degraded"
     if not db_ok:
         return JSONResponse(report, status_code=503)
     return report
