@@ -30,6 +30,10 @@ def create_app(engine: Engine) -> FastAPI:
     api.include_router(stream.router)
     api.include_router(ws.router)
     app.include_router(api)
+    if engine.settings.slack_signing_secret or engine.settings.mattermost_token:
+        from stitchwork.chat.slack import mount_slack  # only when Slack/Mattermost is set up
+
+        mount_slack(app, engine, API_PREFIX)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=engine.settings.max_body_bytes)

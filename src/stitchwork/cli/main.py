@@ -1,4 +1,4 @@
-"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, plan, gc, demo."""
+"""``stitchwork``: serve, worker, db, keys, jobs, queues, events, plan, chat, gc, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from stitchwork import __version__
+from stitchwork.cli import chat as chat_cmd
 from stitchwork.cli import events as events_cmd
 from stitchwork.cli import jobs as jobs_cmd
 from stitchwork.cli import plan as plan_cmd
@@ -34,6 +35,7 @@ app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(queues_cmd.app, name="queues")
 app.add_typer(events_cmd.app, name="events")
 app.add_typer(plan_cmd.app, name="plan")
+app.command("chat")(chat_cmd.chat)
 
 
 def _version(value: bool) -> None:

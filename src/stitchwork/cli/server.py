@@ -14,7 +14,6 @@ import uvicorn
 
 from stitchwork.api.app import create_app
 from stitchwork.runtime.engine import Engine
-from stitchwork.runtime.tailer import EventTailer
 from stitchwork.runtime.worker import Worker
 
 API_SHUTDOWN_GRACE_S = 3
@@ -64,14 +63,16 @@ async def run_embedded(
     tasks = [asyncio.create_task(server.serve(), name="api")]
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run(), name="worker"))
-    tailer = EventTailer(
-        engine.store, engine.bus, interval_s=engine.settings.event_tail_interval.total_seconds()
-    )
     loops = [  # run until cancelled
-        asyncio.create_task(tailer.run(), name="event-tailer"),
+        # Events committed by other processes (workers) reach this process's streams.
+        asyncio.create_task(engine.relay.receive(), name="event-relay"),
         asyncio.create_task(engine.sweeper().run(), name="sweeper"),
+        asyncio.create_task(engine.reconciler().run(), name="reconciler"),
         asyncio.create_task(engine.scheduler().run(), name="scheduler"),
     ]
+    chat = getattr(app.state, "chat", None)  # Slack/Mattermost, when configured: its herald
+    if chat is not None:
+        loops.append(asyncio.create_task(chat.run(), name="chat"))
     try:
         while not server.started:
             if tasks[0].done():  # failed to bind: surface the error
