@@ -13,6 +13,7 @@ import pytest
 from stitchwork.clock import FakeClock
 from stitchwork.domain.jobs import Job, NewJob
 from stitchwork.queue.bullmq import BullMQQueue, bull_priority
+from stitchwork.queue.reconcile_reads import still_queued
 from stitchwork.runtime.engine import Engine
 from tests.conftest import Backend
 
@@ -144,7 +145,7 @@ async def test_the_reconciler_skips_a_job_delivered_and_finished_meanwhile(
     bull.queue.settle([taken.id])
     await _queue(bull)._flush_settled()
     # Read as queued before the delivery, gone from Redis after the acknowledgement:
-    assert await _queue(bull)._still_queued([job.id]) == []
+    assert await still_queued(bull.db, [job.id]) == []
 
 
 async def test_the_reconciler_brings_bullmq_pause_state_in_line_with_the_database(

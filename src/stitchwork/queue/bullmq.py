@@ -28,23 +28,23 @@ from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 import structlog
-from sqlalchemy import select
 
 from stitchwork.domain.events import EventType
 from stitchwork.domain.jobs import MAX_PRIORITY, Job, JobStatus
 from stitchwork.errors import ConfigError
+from stitchwork.queue import reconcile_reads as reads
 from stitchwork.queue.base import Drift
 from stitchwork.queue.sql import SqlQueue
-from stitchwork.storage.rows import EventWriter, Tx, job_from_row, transition_jobs
-from stitchwork.storage.tables import queue_states, runner_jobs
+from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
+from stitchwork.storage.tables import runner_jobs
 
 log = structlog.get_logger(__name__)
 
 # BullMQ pops priority 1 first and puts priority 0 ("none") before every prioritised job, so
 # every stitchwork priority (-1000..1000, higher first) maps to 1..2001.
 STALLED_FOREVER = 1_000_000  # attempts are counted by the database, never by BullMQ
-RECONCILE_PAGE = 2000
 RECONCILE_GRACE = timedelta(seconds=1)
+FULL_CHECK_EVERY = 15  # reconciliations: a full id-by-id check at least this often
 BACKOFF_MAX_S = 2.0
 
 ACTIVATE_KEYS = ["wait", "active", "prioritized", "events", "stalled", "limiter", "delayed"]
@@ -111,6 +111,7 @@ class BullMQQueue(SqlQueue):
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._run_id: str | None = None
+        self._checks = 0
         self.connected = False
         self.reconnects = 0
         self.last_error: str | None = None
@@ -469,10 +470,19 @@ class BullMQQueue(SqlQueue):
         if not (acquired or first or restarted):
             return Drift()  # another process checked within this interval
         cutoff = self.clock.now() - (timedelta(0) if restarted else RECONCILE_GRACE)
+        self._checks += 1
+        if not (first or restarted) and self._checks % FULL_CHECK_EVERY:
+            # The cheap check: Redis holds at least as many waiting jobs per queue as the
+            # database has queued (a full check still runs every FULL_CHECK_EVERY rounds, as
+            # stale entries of jobs cancelled while queued could hide a lost one).
+            counted = await self._counts_agree(cutoff)
+            if counted is not None:
+                await self._sync_paused()
+                return self._record(Drift(queued=counted))
         queued = missing = 0
         after: UUID | None = None
         while True:
-            page = await self._queued_page(after, cutoff)
+            page = await reads.queued_page(self.db, after, cutoff)
             if not page:
                 break
             after = page[-1][0]
@@ -482,47 +492,40 @@ class BullMQQueue(SqlQueue):
                     pipe.exists(self._bq(name).toKey(str(job_id)))
                 held = await pipe.execute()
             gone = [job_id for (job_id, _), exists in zip(page, held, strict=True) if not exists]
-            lost = [job for job in await self._still_queued(gone) if job.id not in self._held]
+            lost = [
+                job for job in await reads.still_queued(self.db, gone) if job.id not in self._held
+            ]
             if lost:
                 missing += len(lost)
                 await self._add(lost)
         await self._sync_paused()
-        drift = Drift(queued=queued, missing=missing)
-        self.last_drift, self.last_reconciled_at = drift, self.clock.now()
         if missing:
             log.warning("queue_drift_repaired", missing=missing, queued=queued)
+        return self._record(Drift(queued=queued, missing=missing))
+
+    def _record(self, drift: Drift) -> Drift:
+        self.last_drift, self.last_reconciled_at = drift, self.clock.now()
         return drift
 
-    async def _queued_page(self, after: UUID | None, cutoff: datetime) -> list[tuple[UUID, str]]:
-        stmt = (
-            select(runner_jobs.c.id, runner_jobs.c.queue_name)
-            .where(
-                runner_jobs.c.status == JobStatus.QUEUED.value,
-                runner_jobs.c.queued_at <= cutoff,
-            )
-            .order_by(runner_jobs.c.id)
-            .limit(RECONCILE_PAGE)
-        )
-        if after is not None:
-            stmt = stmt.where(runner_jobs.c.id > after)
-        async with self.db.read() as conn:
-            return [(row[0], row[1]) for row in (await conn.execute(stmt)).all()]
-
-    async def _still_queued(self, job_ids: list[UUID]) -> list[Job]:
-        if not job_ids:
-            return []
-        stmt = select(runner_jobs).where(
-            runner_jobs.c.id.in_(job_ids), runner_jobs.c.status == JobStatus.QUEUED.value
-        )
-        async with self.db.read() as conn:
-            return [job_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+    async def _counts_agree(self, cutoff: datetime) -> int | None:
+        """How many jobs are queued, if Redis holds at least that many waiting per queue."""
+        in_db = await reads.queued_counts(self.db, cutoff)
+        names = sorted(in_db)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                keys = self._bq(name).backend.scripts.keys
+                pipe.llen(keys["wait"]).zcard(keys["prioritized"])
+                pipe.zcard(keys["delayed"]).llen(keys["paused"])
+            sizes = await pipe.execute()
+        for i, name in enumerate(names):
+            if sum(sizes[4 * i : 4 * i + 4]) < in_db[name]:
+                return None
+        return sum(in_db.values())
 
     async def _sync_paused(self) -> None:
-        async with self.db.read() as conn:
-            states = (await conn.execute(select(queue_states.c.name, queue_states.c.paused))).all()
-        for name, paused in states:
+        for name, paused in (await reads.pause_states(self.db)).items():
             queue = self._bq(name)
-            if bool(paused) != bool(await queue.isPaused()):
+            if paused != bool(await queue.isPaused()):
                 await (queue.pause() if paused else queue.resume())
 
     async def status(self) -> dict[str, Any]:
