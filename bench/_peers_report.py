@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import platform
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 
-from queue_report import load_average, percentile, stitchwork_source
+from queue_report import cpu_and_ram, load_average, percentile, stitchwork_source
 
 METHOD = (
     "Workers up and idle first. Then one producer process enqueues --jobs jobs in calls of "
@@ -83,18 +81,7 @@ def outcome(
 def describe_machine(
     redis_version: str, pg_version: str, arq_version: str | None
 ) -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "unknown"
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
+    cpu, ram = cpu_and_ram()
     names = ("bullmq", "saq", "rq", "celery", "kombu", "redis", "sqlalchemy", "asyncpg")
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in names)
     if arq_version:

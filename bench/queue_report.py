@@ -112,7 +112,8 @@ def load_average() -> str:
     return f"{one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-def describe_machine(pg_version: str | None, load_before: str) -> dict[str, str]:
+def cpu_and_ram() -> tuple[str, str]:
+    """The CPU model and total memory, from /proc ("unknown" where it cannot be read)."""
     cpu = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -125,6 +126,11 @@ def describe_machine(pg_version: str | None, load_before: str) -> dict[str, str]
             if line.startswith("MemTotal:"):
                 ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
                 break
+    return cpu, ram
+
+
+def describe_machine(pg_version: str | None, load_before: str) -> dict[str, str]:
+    cpu, ram = cpu_and_ram()
     versions = ", ".join(
         f"{name} {metadata.version(name)}"
         for name in ("stitchwork", "procrastinate", "sqlalchemy", "asyncpg", "aiosqlite", "psycopg")

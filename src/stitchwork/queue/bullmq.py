@@ -29,13 +29,12 @@ from uuid import UUID, uuid4
 
 import structlog
 
-from stitchwork.domain.events import EventType
-from stitchwork.domain.jobs import MAX_PRIORITY, Job, JobStatus
+from stitchwork.domain.jobs import MAX_PRIORITY, Job
 from stitchwork.errors import ConfigError
 from stitchwork.queue import reconcile_reads as reads
 from stitchwork.queue.base import Drift
 from stitchwork.queue.sql import SqlQueue
-from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
+from stitchwork.storage.rows import EventWriter, Tx
 from stitchwork.storage.tables import runner_jobs
 
 log = structlog.get_logger(__name__)
@@ -263,23 +262,8 @@ class BullMQQueue(SqlQueue):
         if not delivered:
             return []
         try:
-            async with self.writer.write() as tx:
-                jobs = await transition_jobs(
-                    tx,
-                    where=[runner_jobs.c.id.in_([d[0] for d in delivered])],
-                    expected={JobStatus.QUEUED},
-                    to=JobStatus.RUNNING,
-                    now=now,
-                    actor=worker_id,
-                    event_type=EventType.JOB_STARTED,
-                    event_payload={"worker": worker_id},
-                    values={
-                        "lease_owner": worker_id,
-                        "lease_expires_at": now + lease,
-                        "started_at": now,
-                        "progress_percent": 0,
-                    },
-                )
+            ids = [d[0] for d in delivered]
+            jobs = await self._start([runner_jobs.c.id.in_(ids)], worker_id, lease, now)
         except BaseException:
             await self._finish(delivered)  # the reconciler re-adds them from the database
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Collection, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -159,10 +159,18 @@ class SqlQueue:
         # inner side of a nested loop, re-executing it per row; each re-run skips the rows this
         # statement already locked and returns the next ones, so LIMIT was not honoured.
         due_cte = due.cte("due").prefix_with("MATERIALIZED")
+        jobs = await self._start([runner_jobs.c.id == due_cte.c.id], worker_id, lease, now)
+        jobs.sort(key=lambda j: (-j.priority, j.run_after or now, j.id))
+        return jobs
+
+    async def _start(
+        self, where: list[Any], worker_id: str, lease: timedelta, now: datetime
+    ) -> list[Job]:
+        """Move the queued jobs matching ``where`` to running, leased to ``worker_id``."""
         async with self.writer.write() as tx:
-            jobs = await transition_jobs(
+            return await transition_jobs(
                 tx,
-                where=[runner_jobs.c.id == due_cte.c.id],
+                where=where,
                 expected={JobStatus.QUEUED},
                 to=JobStatus.RUNNING,
                 now=now,
@@ -176,8 +184,6 @@ class SqlQueue:
                     "progress_percent": 0,
                 },
             )
-        jobs.sort(key=lambda j: (-j.priority, j.run_after or now, j.id))
-        return jobs
 
     # -- the table is the queue ---------------------------------------------------------------
 
