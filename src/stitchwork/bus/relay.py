@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -182,15 +183,81 @@ class Backoff:
         self.failures = 0
 
 
+class SeqGaps:
+    """The last seq seen of each job and execution; events whose seq skips ahead are given
+    the skipped range, read from the database, in front of them.
+
+    Ids are handed out before commit, so a big transaction can commit ids far below some
+    already read: a tail or a catch-up then sees the end of it first. Filling by seq, per
+    owner, puts every event back in order whatever the ids did."""
+
+    def __init__(self, log_: EventLog) -> None:
+        self.log = log_
+        self._last: OrderedDict[UUID, int] = OrderedDict()
+
+    async def with_gaps(self, events: Sequence[Event]) -> tuple[list[Event], set[int]]:
+        """``events`` with each gap in front of the event that revealed it, and the ids read
+        to fill them."""
+        out: list[Event] = []
+        filled: set[int] = set()
+        for event in events:
+            owner = event.job_id or event.execution_id
+            last = self._last.get(owner) if owner is not None else None
+            if last is not None and event.seq > last + 1:
+                gap = await self._fill(event, last)
+                filled.update(e.id for e in gap)
+                out += gap
+            out.append(event)
+            self.note((event,))
+        return out, filled
+
+    async def _fill(self, event: Event, last: int) -> list[Event]:
+        until = min(event.seq - 1, last + GAP_FILL_MAX)
+        if event.job_id is not None:
+            return await self.log.list_owner_events(
+                job_id=event.job_id, after_seq=last, until_seq=until, limit=GAP_FILL_MAX
+            )
+        return await self.log.list_owner_events(
+            execution_id=event.execution_id, after_seq=last, until_seq=until
+        )
+
+    def note(self, events: Sequence[Event]) -> None:
+        """Remember the last seq seen of each job or execution (local or received)."""
+        tracked = self._last
+        for event in events:
+            owner = event.job_id or event.execution_id
+            if owner is None:
+                continue
+            if event.seq > tracked.get(owner, 0):
+                tracked[owner] = event.seq
+            tracked.move_to_end(owner)
+        while len(tracked) > TRACKED_OWNERS:
+            tracked.popitem(last=False)
+
+
+def unpublished(local: LocalBus, events: Sequence[Event]) -> list[Event]:
+    """Those of ``events`` the local bus has not published, each once."""
+    seen: set[int] = set()
+    out: list[Event] = []
+    for event in events:
+        if event.id not in seen and not local.was_published(event.id):
+            seen.add(event.id)
+            out.append(event)
+    return out
+
+
 class EventTailer:
     """One database read per interval for the whole process, however many streams are open:
     events written by a separate ``stitchwork worker`` reach SSE and WebSocket clients within
     about ``interval_s``. Events this process published itself are not published twice."""
 
-    def __init__(self, store: TailSource, bus: LocalBus, *, interval_s: float) -> None:
+    def __init__(
+        self, store: TailSource, bus: LocalBus, *, interval_s: float, gaps: SeqGaps | None = None
+    ) -> None:
         self.store = store
         self.bus = bus
         self.interval_s = interval_s
+        self.gaps = gaps
         self.cursor: int | None = None
 
     async def tail_once(self) -> int:
@@ -204,6 +271,9 @@ class EventTailer:
                 max(0, self.cursor - LOOKBACK_IDS), limit=PAGE
             )
             fresh = [e for e in page if not self.bus.was_published(e.id)]
+            if fresh and self.gaps is not None:
+                # Re-checked: the bus may have published some while the gaps were read.
+                fresh = unpublished(self.bus, (await self.gaps.with_gaps(fresh))[0])
             if fresh:
                 await self.bus.publish(fresh)
                 published += len(fresh)
@@ -229,8 +299,8 @@ class DbTailRelay:
     backend = "db"
     sends = False
 
-    def __init__(self, local: LocalBus, log_: TailSource, *, interval_s: float) -> None:
-        self.tailer = EventTailer(log_, local, interval_s=interval_s)
+    def __init__(self, local: LocalBus, log_: EventLog, *, interval_s: float) -> None:
+        self.tailer = EventTailer(log_, local, interval_s=interval_s, gaps=SeqGaps(log_))
         self.receiving = LinkState()
 
     def send(self, events: Sequence[Event]) -> None:

@@ -9,25 +9,24 @@ import asyncio
 import contextlib
 import uuid
 from abc import ABC, abstractmethod
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
-from uuid import UUID
 
 import structlog
 
 from stitchwork.bus.relay import (
-    GAP_FILL_MAX,
     LOOKBACK_IDS,
     MAX_BATCH,
     MAX_PENDING,
     PAGE,
-    TRACKED_OWNERS,
     Backoff,
     EventLog,
     LinkState,
     LocalBus,
+    SeqGaps,
     links_status,
+    unpublished,
 )
 from stitchwork.domain.events import Event
 
@@ -69,7 +68,7 @@ class RemoteRelay(ABC):
         self._closing = False
         self._dropping = False
         self._cursor: int | None = None
-        self._last_seq: OrderedDict[UUID, int] = OrderedDict()
+        self._gaps = SeqGaps(log_)
 
     # -- adapter hooks -------------------------------------------------------------------------
 
@@ -105,7 +104,7 @@ class RemoteRelay(ABC):
     # -- sending -------------------------------------------------------------------------------
 
     def send(self, events: Sequence[Event]) -> None:
-        self._note(events)
+        self._gaps.note(events)
         self._pending.extend(events)
         overflow = len(self._pending) - self.max_pending
         if overflow > 0:  # receivers catch up from the database
@@ -250,22 +249,10 @@ class RemoteRelay(ABC):
         """Publish events received from elsewhere into the local bus, each once; a job whose
         seq skips ahead of what this process saw has the gap read from the database first.
         Returns how many were published."""
-        out: list[Event] = []
-        filled: set[int] = set()
-        for event in events:
-            if self.local.was_published(event.id):
-                continue
-            owner = event.job_id or event.execution_id
-            last = self._last_seq.get(owner) if owner is not None else None
-            if last is not None and event.seq > last + 1:
-                gap = await self._fill(event, last)
-                filled.update(e.id for e in gap)
-                out += gap
-            out.append(event)
-            self._note((event,))
-        seen: set[int] = set()
+        received = [e for e in events if not self.local.was_published(e.id)]
+        out, filled = await self._gaps.with_gaps(received)
         # Re-checked: the bus may have published some of them while the gap was read.
-        fresh = [e for e in out if not self.local.was_published(e.id) and not _seen(seen, e.id)]
+        fresh = unpublished(self.local, out)
         if fresh:
             await self.local.publish(fresh)
             self.counts["received"] += len(fresh)
@@ -273,31 +260,6 @@ class RemoteRelay(ABC):
                 len(fresh) if from_database else sum(e.id in filled for e in fresh)
             )
         return len(fresh)
-
-    async def _fill(self, event: Event, last: int) -> list[Event]:
-        until = min(event.seq - 1, last + GAP_FILL_MAX)
-        if event.job_id is not None:
-            gap = await self.log.list_owner_events(
-                job_id=event.job_id, after_seq=last, until_seq=until, limit=GAP_FILL_MAX
-            )
-        else:
-            gap = await self.log.list_owner_events(
-                execution_id=event.execution_id, after_seq=last, until_seq=until
-            )
-        return gap
-
-    def _note(self, events: Sequence[Event]) -> None:
-        """Remember the last seq seen of each job or execution (local or received)."""
-        tracked = self._last_seq
-        for event in events:
-            owner = event.job_id or event.execution_id
-            if owner is None:
-                continue
-            if event.seq > tracked.get(owner, 0):
-                tracked[owner] = event.seq
-            tracked.move_to_end(owner)
-        while len(tracked) > TRACKED_OWNERS:
-            tracked.popitem(last=False)
 
     def status(self) -> dict[str, Any]:
         links = {"send": self.sending, "receive": self.receiving}
@@ -307,10 +269,3 @@ class RemoteRelay(ABC):
             **self.counts,
             "catch_up_error": self.catch_up_error,
         }
-
-
-def _seen(seen: set[int], event_id: int) -> bool:
-    if event_id in seen:
-        return True
-    seen.add(event_id)
-    return False
