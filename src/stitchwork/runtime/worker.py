@@ -47,6 +47,7 @@ class _Running:
     ctx: JobContext
     task: asyncio.Task[None] | None = None
     stopping: bool = False
+    handler_done: bool = False
     killer: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -143,10 +144,17 @@ class Worker:
         self._rng = rng
         self.metrics = metrics
         self._running: dict[UUID, _Running] = {}
+        self._busy = 0  # jobs whose handler is still running (at most ``concurrency``)
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
         self._completer = _Completer(store, self.worker_id)
         self.log = log.bind(worker_id=self.worker_id)
+
+    def _handler_done(self, running: _Running) -> None:
+        if not running.handler_done:
+            running.handler_done = True
+            self._busy -= 1
+            self._kick.set()
 
     @property
     def running_job_ids(self) -> set[UUID]:
@@ -186,7 +194,10 @@ class Worker:
             # Cleared before reserving, not after: a wake-up that arrives while the reserve
             # query runs must make the loop look again instead of being lost.
             self._kick.clear()
-            free = self.concurrency - len(self._running)
+            # Slots are for handlers: a job whose handler returned while its result is being
+            # committed (the group commit) no longer holds one, so the next reservation
+            # overlaps that commit instead of waiting for it.
+            free = self.concurrency - self._busy
             if free > 0:
                 try:
                     jobs = await self.queue.reserve(
@@ -226,6 +237,7 @@ class Worker:
         )
         running = _Running(job=job, ctx=ctx)
         self._running[job.id] = running
+        self._busy += 1
         running.task = asyncio.create_task(self._execute(running), name=f"job:{job.id}")
 
     def _step_ended(self, type_: StepType, status: StepStatus, duration_s: float) -> None:
@@ -253,6 +265,7 @@ class Worker:
                     f"this worker has no handler for job type {job.type!r}", retryable=False
                 )
             result = await handler(running.ctx)
+            self._handler_done(running)
             if running.stopping:
                 jlog.info("job_stopped")
                 return
@@ -293,6 +306,7 @@ class Worker:
                 self.metrics.job_duration.labels(job.type, outcome).observe(
                     time.perf_counter() - started
                 )
+            self._handler_done(running)
             self._running.pop(job.id, None)
             self.queue.settle((job.id,))
             if running.killer is not None:
