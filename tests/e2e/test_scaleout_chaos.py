@@ -108,7 +108,7 @@ def _worker_env(prefix: str, queue_url: str = REDIS_URL) -> dict[str, str]:
 async def test_chaos_2000_jobs_complete_exactly_once_while_workers_are_killed(
     engine: Engine, spawn: Spawn, prefix: str
 ) -> None:
-    ids = await _submit(engine, 2000, seconds=0.1, attempts=25)
+    ids = await _submit(engine, 2000, seconds=0.25, attempts=25)
     env = _worker_env(prefix)
     workers = [spawn("worker", **env) for _ in range(3)]
     rng = random.Random(7)
