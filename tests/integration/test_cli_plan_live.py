@@ -25,7 +25,7 @@ from tests.integration.cli_plan_helpers import (
     flat,
     write,
 )
-from tests.integration.live import LiveServer, live_server
+from tests.integration.live import LiveServer, live_server, wait_until
 
 
 @pytest.fixture
@@ -189,8 +189,11 @@ async def test_watch_of_an_execution_aborted_while_running_exits_1_all_cancelled
     server: LiveServer, live_cli: Cli, tmp_path: Path
 ) -> None:
     ex_id = await start_long(server, live_cli, tmp_path)
+    bus = server.engine.bus
+    before = bus.subscriber_count
     watching = asyncio.create_task(live_cli.run("plan", "watch", ex_id))
-    await asyncio.sleep(0.5)  # the watch is following the stream by now
+    # Aborted once the watch follows the live stream (not before: it would only replay it).
+    await wait_until(lambda: bus.subscriber_count > before, timeout_s=20, what="the watch")
 
     aborted = await live_cli.run("plan", "abort", ex_id)
     watched = await asyncio.wait_for(watching, 20)

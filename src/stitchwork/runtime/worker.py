@@ -235,10 +235,14 @@ class Worker:
             worker_id=self.worker_id,
             on_step_end=self._step_ended if self.metrics is not None else None,
         )
+        previous = self._running.get(job.id)
         running = _Running(job=job, ctx=ctx)
         self._running[job.id] = running
         self._busy += 1
-        running.task = asyncio.create_task(self._execute(running), name=f"job:{job.id}")
+        running.task = asyncio.create_task(
+            self._execute(running, after=previous.task if previous else None),
+            name=f"job:{job.id}",
+        )
 
     def _step_ended(self, type_: StepType, status: StepStatus, duration_s: float) -> None:
         assert self.metrics is not None
@@ -253,12 +257,16 @@ class Worker:
             self.log.exception("progress_failed", job_id=str(job_id))
             return False
 
-    async def _execute(self, running: _Running) -> None:
+    async def _execute(self, running: _Running, *, after: asyncio.Task[None] | None) -> None:
         job = running.job
         jlog = self.log.bind(job_id=str(job.id), job_type=job.type, attempt=job.attempt)
         started = time.perf_counter()
         outcome = "lost"
         try:
+            if after is not None:
+                # The previous attempt of this job (cancelled, then retried at once) may still
+                # be stopping here, cleaning up its worktree: this one starts after it.
+                await asyncio.wait({after})
             handler = self.handlers.get(job.type)
             if handler is None:
                 raise JobFailed(
@@ -307,8 +315,9 @@ class Worker:
                     time.perf_counter() - started
                 )
             self._handler_done(running)
-            self._running.pop(job.id, None)
-            self.queue.settle((job.id,))
+            if self._running.get(job.id) is running:  # not yet replaced by a next attempt
+                del self._running[job.id]
+                self.queue.settle((job.id,))
             if running.killer is not None:
                 running.killer.cancel()
             self._kick.set()
