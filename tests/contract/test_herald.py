@@ -120,11 +120,6 @@ class RecordingProvider:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def provider(clock: FakeClock) -> RecordingProvider:
     return RecordingProvider(clock)
 
