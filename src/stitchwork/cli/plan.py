@@ -146,6 +146,18 @@ def waves(
         int | None,
         typer.Option(min=1, help="Agents working at once (default: the plan's concurrency)."),
     ] = None,
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            exists=True,
+            file_okay=False,
+            help="Checkout whose tree decides which literal claims are directories "
+            "(lib/v1.2 existing as a directory covers lib/v1.2/x.py), as the scheduler does "
+            "for an execution on it (default: the plan's repo, if it is an existing "
+            "absolute path; else the naming rule alone).",
+        ),
+    ] = None,
     format_: FormatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -155,11 +167,13 @@ def waves(
     nodes (and no more than the plan's concurrency), none of them with conflicting claims.
     """
     _, _, plan = read_plan(file, format_)
+    from stitchwork.domain.claims import repo_root_of
     from stitchwork.services.executions import plan_waves
 
     width = agents or plan.concurrency
+    root = repo.resolve() if repo is not None else repo_root_of(plan.repo)
     try:
-        preview = plan_waves(plan, width)
+        preview = plan_waves(plan, width, repo_root=root)
     except InvalidRequest as exc:
         fail(exc.message, code=2)
     if as_json:
@@ -168,6 +182,7 @@ def waves(
                 "name": plan.name,
                 "agents": width,
                 "concurrency": plan.concurrency,
+                "repo_root": str(root) if root is not None else None,
                 "waves": preview.waves,
                 "critical_path": preview.critical_path,
                 "critical_path_length": preview.critical_path_length,
@@ -180,6 +195,8 @@ def waves(
         f"(plan concurrency {plan.concurrency})",
         highlight=False,
     )
+    if root is not None:
+        console.print(f"claims classified by the tree of {root}", style="dim", highlight=False)
     table = Table(show_edge=False, header_style="bold")
     for column in ("wave", "node", "title", "depends on"):
         table.add_column(column, overflow="fold")

@@ -151,6 +151,19 @@ def _directory_flags(claim: _Claim, repo_root: Path | None) -> tuple[bool, ...]:
     return tuple(flags)
 
 
+def repo_root_of(repo: str | None) -> Path | None:
+    """The tree that decides literal claims on ``repo``, or None (the naming rule decides).
+
+    An execution's or hold's repository is either the absolute path of a checkout, whose tree
+    then decides (``lib/v1.2`` existing as a directory is a directory claim), or a plain name
+    with no tree behind it. A path that is not an existing directory is treated as a name.
+    """
+    if not repo or not os.path.isabs(repo):
+        return None
+    root = Path(repo)
+    return root if root.is_dir() else None
+
+
 def _key(claim: _Claim, repo_root: Path | None) -> Key:
     flags = _directory_flags(claim, repo_root)
     return tuple((a.segments, f) for a, f in zip(claim.alternatives, flags, strict=True))

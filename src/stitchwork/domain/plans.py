@@ -186,26 +186,33 @@ def _err(where: str, message: str, **fields: Any) -> InvalidRequest:
     return InvalidRequest(message, field=where, **fields)
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a plan's values can be megabytes long."""
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _validate(plan: Plan, edge_fields: Sequence[str] | None) -> Plan:
     if not isinstance(plan.nodes, tuple | list) or not plan.nodes:
         raise _err("nodes", "the plan has no nodes; add at least one")
     if len(plan.nodes) > MAX_PLAN_NODES:
         raise _err("nodes", f"the plan has {len(plan.nodes)} nodes; the limit is {MAX_PLAN_NODES}")
     positions: dict[str, int] = {}
-    nodes = tuple(_validate_node(node, i, positions) for i, node in enumerate(plan.nodes))
+    repo = _text(plan.repo, "repo") or None
+    nodes = tuple(_validate_node(node, i, positions, repo) for i, node in enumerate(plan.nodes))
     checked = Plan(
         name=_text(plan.name, "name") or None,
         nodes=nodes,
         edges=_validate_edges(plan.edges, positions, edge_fields),
         concurrency=_concurrency(plan.concurrency),
         failure_policy=_choice(FailurePolicy, plan.failure_policy, "failure_policy"),
-        repo=_text(plan.repo, "repo") or None,
+        repo=repo,
     )
     checked.topological_order()  # raises CycleError
     return checked
 
 
-def _validate_node(node: PlanNode, i: int, positions: dict[str, int]) -> PlanNode:
+def _validate_node(node: PlanNode, i: int, positions: dict[str, int], repo: str | None) -> PlanNode:
     at = f"nodes[{i}]"
     if not isinstance(node, PlanNode):
         raise _err(at, f"{at} is not a plan node")
@@ -215,7 +222,7 @@ def _validate_node(node: PlanNode, i: int, positions: dict[str, int]) -> PlanNod
         or len(node_id) > MAX_ID_LENGTH
         or not _ID_RE.fullmatch(node_id)
     ):
-        raise _err(f"{at}.id", f"node id {node_id!r} is not valid: {_ID_RULE}")
+        raise _err(f"{at}.id", f"node id {_shown(node_id)} is not valid: {_ID_RULE}")
     if node_id in positions:
         where = f"nodes[{positions[node_id]}] and {at}"
         raise _err(f"{at}.id", f"node id {node_id!r} is used twice ({where})", node_id=node_id)
@@ -224,7 +231,7 @@ def _validate_node(node: PlanNode, i: int, positions: dict[str, int]) -> PlanNod
     if not job_type:
         raise _err(f"{at}.job_type", f"node {node_id!r} needs a job type")
     _check_json(node.payload, f"{at}.payload", node_id)
-    return PlanNode(
+    checked = PlanNode(
         id=node_id,
         title=_text(node.title, f"{at}.title") or node_id,
         job_type=job_type,
@@ -235,6 +242,39 @@ def _validate_node(node: PlanNode, i: int, positions: dict[str, int]) -> PlanNod
         priority=parse_priority(node.priority, field=f"{at}.priority"),
         metadata=_metadata(node.metadata, f"{at}.metadata"),
     )
+    _check_payload_scope(checked, f"{at}.payload", repo)
+    return checked
+
+
+def _check_payload_scope(node: PlanNode, where: str, repo: str | None) -> None:
+    """Refuse a payload whose ``claims``, ``mode`` or ``repo`` differ from the node's own
+    (the plan's repo): the scheduler locks what the node says, so a job run with other values
+    would work outside its locks. A payload that repeats the same values is accepted."""
+    payload = node.payload
+    if "claims" in payload:
+        claims = _claims(payload["claims"], f"{where}.claims", node.id)
+        if set(claims) != set(node.claims):
+            raise _err(
+                f"{where}.claims",
+                f"node {node.id!r}: payload.claims differs from the node's claims, which are "
+                "what the scheduler locks; put claims on the node itself, not in its payload",
+                node_id=node.id,
+            )
+    if "mode" in payload and payload["mode"] != node.mode.value:
+        raise _err(
+            f"{where}.mode",
+            f"node {node.id!r}: payload.mode differs from the node's mode "
+            f"({node.mode.value}); set mode on the node itself, not in its payload",
+            node_id=node.id,
+        )
+    if "repo" in payload and payload["repo"] != repo:
+        raise _err(
+            f"{where}.repo",
+            f"node {node.id!r}: payload.repo differs from the plan's repo, the repository "
+            "whose locks the node takes; set repo on the plan (or the execution), not in a "
+            "node's payload",
+            node_id=node.id,
+        )
 
 
 def _validate_edges(
@@ -249,7 +289,10 @@ def _validate_edges(
         frm, to = edge
         for end in (frm, to):
             if not isinstance(end, str) or end not in positions:
-                raise _err(where, f"{to!r} depends on {frm!r}, but {end!r} is not in the plan")
+                raise _err(
+                    where,
+                    f"{_shown(to)} depends on {_shown(frm)}, but {_shown(end)} is not in the plan",
+                )
         if frm == to:
             raise _err(where, f"node {frm!r} depends on itself", node_id=frm)
     return tuple(dict.fromkeys((frm, to) for frm, to in raw))
@@ -268,7 +311,9 @@ def _text(value: Any, where: str) -> str:
 
 def _concurrency(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
-        raise _err("concurrency", f"concurrency must be from 1 to {MAX_CONCURRENCY}, not {value!r}")
+        raise _err(
+            "concurrency", f"concurrency must be from 1 to {MAX_CONCURRENCY}, not {_shown(value)}"
+        )
     return value
 
 
@@ -276,7 +321,7 @@ def _choice(enum: type[_E], value: Any, where: str) -> _E:
     if isinstance(value, str) and value in enum._value2member_map_:
         return enum(value)
     allowed = ", ".join(member.value for member in enum)
-    raise _err(where, f"{where} must be one of {allowed}, not {value!r}")
+    raise _err(where, f"{where} must be one of {allowed}, not {_shown(value)}")
 
 
 def parse_priority(value: Any, *, field: str = "priority") -> int:
@@ -296,7 +341,8 @@ def parse_priority(value: Any, *, field: str = "priority") -> int:
         return value
     labels = ", ".join(_PRIORITY_LABELS)
     raise _err(
-        field, f"priority {value!r}: use a whole number up to ±{MAX_PRIORITY}, P0-P9 or {labels}"
+        field,
+        f"priority {_shown(value)}: use a whole number up to ±{MAX_PRIORITY}, P0-P9 or {labels}",
     )
 
 
@@ -309,7 +355,7 @@ def _claims(raw: Any, where: str, node_id: str) -> tuple[str, ...]:
     claims: list[str] = []
     for j, claim in enumerate(raw):
         if not isinstance(claim, str):
-            raise _err(f"{where}[{j}]", f"node {node_id!r}: claim {claim!r} is not a string")
+            raise _err(f"{where}[{j}]", f"node {node_id!r}: claim {_shown(claim)} is not a string")
         try:
             claims.append(normalize_claim(claim))
         except InvalidClaim as exc:  # the same error, located
@@ -327,7 +373,7 @@ def _metadata(raw: Any, where: str) -> dict[str, str]:
         raise _err(where, f"{where} must be an object of strings")
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise _err(f"{where}.{key}", f"{where}.{key} must be a string, not {value!r}")
+            raise _err(f"{where}.{key}", f"{where}.{key} must be a string, not {_shown(value)}")
         _text(value, f"{where}.{key}")
     return dict(raw)
 
@@ -355,7 +401,7 @@ def _check_json(payload: Any, where: str, node_id: str) -> None:
             or isinstance(value, str | int)
             or (isinstance(value, float) and math.isfinite(value))
         ):
-            raise _err(where, f"node {node_id!r}: payload holds {value!r}, which is not JSON")
+            raise _err(where, f"node {node_id!r}: payload holds {_shown(value)}, which is not JSON")
 
 
 def parse_plan(text: str, *, format: str | None = None) -> Plan:
@@ -380,7 +426,7 @@ def parse_plan(text: str, *, format: str | None = None) -> Plan:
     if fmt == "yaml":
         return _plan_from_data(_load(text, "yaml"))
     if fmt:
-        raise _err("format", f"unknown plan format {format!r}; use json, yaml or markdown")
+        raise _err("format", f"unknown plan format {_shown(format)}; use json, yaml or markdown")
     if next(tables(text.splitlines()), None) is not None:
         # A YAML plan may quote a Markdown table in a payload, so YAML with nodes wins.
         try:
@@ -472,7 +518,7 @@ def _reject_unknown(data: dict[Any, Any], allowed: frozenset[str], prefix: str) 
     for key in data:
         if key not in allowed:
             expected = ", ".join(sorted(allowed))
-            raise _err(f"{prefix}{key}", f"unknown key {key!r}; expected {expected}")
+            raise _err(f"{prefix}{key}", f"unknown key {_shown(key)}; expected {expected}")
 
 
 def _ref(value: Any, where: str) -> str:
@@ -481,7 +527,7 @@ def _ref(value: Any, where: str) -> str:
         return str(value)
     if isinstance(value, str) and value:
         return value
-    raise _err(where, f"{where} must be a node id, not {value!r}")
+    raise _err(where, f"{where} must be a node id, not {_shown(value)}")
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import structlog
 
 from stitchwork.clock import Clock
-from stitchwork.domain.claims import overlaps
+from stitchwork.domain.claims import overlaps, repo_root_of
 from stitchwork.domain.dag import NodeStatus, Waves, compute_waves, start_order
 from stitchwork.domain.events import Event, EventType
 from stitchwork.domain.executions import (
@@ -35,15 +36,18 @@ DEFAULT_REPO = "default"
 MAX_NEXT = 1000  # nodes one pull call may take or report
 
 
-def nodes_conflict(a: PlanNode, b: PlanNode) -> bool:
-    """Whether two nodes may not run at the same time: overlapping claims, conflicting modes."""
+def nodes_conflict(a: PlanNode, b: PlanNode, *, repo_root: Path | None = None) -> bool:
+    """Whether two nodes may not run at the same time: overlapping claims, conflicting modes
+    (with ``repo_root``, its tree decides which literal claims are directories)."""
     if not modes_conflict(a.mode, b.mode):
         return False
-    return any(overlaps(x, y) for x in a.claims for y in b.claims)
+    return any(overlaps(x, y, repo_root=repo_root) for x in a.claims for y in b.claims)
 
 
-def plan_waves(plan: Plan, agents: int) -> Waves:
-    return compute_waves(plan, agents, nodes_conflict)
+def plan_waves(plan: Plan, agents: int, *, repo_root: Path | None = None) -> Waves:
+    """The waves preview of ``plan``; ``repo_root`` classifies claims as the scheduler does
+    for an execution on that checkout."""
+    return compute_waves(plan, agents, lambda a, b: nodes_conflict(a, b, repo_root=repo_root))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +196,7 @@ class ExecutionService:
 
     async def waves(self, workspace_id: UUID, execution_id: UUID, agents: int | None) -> Waves:
         ex = await self.get(workspace_id, execution_id)
-        return plan_waves(ex.plan, agents or ex.concurrency)
+        return plan_waves(ex.plan, agents or ex.concurrency, repo_root=repo_root_of(ex.repo))
 
     async def events(
         self, workspace_id: UUID, execution_id: UUID, *, after: int = 0, limit: int = 1000
@@ -345,7 +349,7 @@ class ExecutionService:
         async with self.store.db.read() as conn:
             held = await self.stitcher.locks.store.held_locks(conn, ex.repo)
         ready = [n.node_id for n in ex.nodes if n.status == NodeStatus.READY.value]
-        table = LockTable()
+        table = LockTable(repo_root=repo_root_of(ex.repo))
         for row in held:
             table.try_acquire(row["owner"], [(row["claim"], LockMode(row["mode"]))])
         wait_for: dict[str, list[str]] = {}

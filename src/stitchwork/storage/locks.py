@@ -59,7 +59,11 @@ class SqlLockStore:
 
     async def lock_repo(self, tx: Tx, repo: str, *, create: bool = True) -> int:
         """Lock the repository's row for this transaction (``create`` it if it may be
-        missing); returns its lock version."""
+        missing); returns its lock version.
+
+        Without ``create`` a missing row is still created: a caller's belief that the row
+        exists (say, from a transaction that rolled back) must never break the repository.
+        """
         if create:
             dialect_insert = pg_insert if self.db.is_postgres else sqlite_insert
             await tx.conn.execute(
@@ -70,7 +74,10 @@ class SqlLockStore:
         row = await tx.conn.execute(
             select(repositories.c.lock_version).where(repositories.c.repo == repo).with_for_update()
         )
-        return int(row.scalar_one())
+        if create:
+            return int(row.scalar_one())
+        version = row.scalar_one_or_none()
+        return int(version) if version is not None else await self.lock_repo(tx, repo)
 
     async def bump_repo(self, tx: Tx, repo: str) -> int:
         result = await tx.conn.execute(
