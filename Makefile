@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo serve test lint typecheck pytest bench clean
+.PHONY: setup demo serve test test-long lint typecheck pytest bench clean
 
 setup: $(STAMP)
 
@@ -35,7 +35,12 @@ typecheck: $(STAMP)
 
 # pytest exits 5 when it collected no test: for this project that is a broken run, not a pass.
 pytest: $(STAMP)
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/pytest -m "not chaos" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run"; exit 1; fi; \
+	exit $$rc
+
+test-long: $(STAMP)  ## the long suites (crash harness, chaos): minutes each; CI runs them too
+	@$(BIN)/pytest -m chaos $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the run"; exit 1; fi; \
 	exit $$rc
 

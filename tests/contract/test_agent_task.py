@@ -113,8 +113,8 @@ async def test_a_task_runs_in_its_worktree_passes_its_gates_and_is_merged(
     assert subjects[0].startswith("Merge stitchwork/")
     assert "Greet the reader" in subjects
     body = git(repo, "log", "-1", "--format=%B", "main^2")
-    assert f"stitchwork-job: {job.id}" in body
-    assert "issue: acme/app#7" in body
+    assert f"Stitchwork-Job: {job.id}" in body
+    assert "Stitchwork-Issue: acme/app#7" in body
     assert (git(repo, "status", "--porcelain"), git(repo, "rev-parse", "HEAD")) == before
     assert not any(p.name == str(job.id) for p in worktrees_dir(engine).rglob(str(job.id)))
     # The steps tell the story, phase by phase.
@@ -438,3 +438,32 @@ async def test_a_review_profile_may_not_run_agent_tasks(
     with pytest.raises(GuardRailDenied) as denied:
         await submit(engine, ws, repo, script=[])
     assert denied.value.decision.required_capability == "repo:write"
+
+
+async def test_the_claims_gate_classifies_claims_by_the_repositorys_tree_like_the_locks(
+    engine: Engine, ws: uuid.UUID, tmp_path: Path
+) -> None:
+    """``lib/v1.2`` existing as a directory is a directory claim for the gate as it is for
+    the scheduler; ``lib/v1.3``, which does not exist, stays a file claim even when the agent
+    makes it a directory (its lock never covered ``lib/v1.3/x.py``)."""
+    repo = make_repo(tmp_path / "repo", {"lib/v1.2/x.py": "x = 1\n"})
+    inside = await run_task(
+        engine,
+        ws,
+        repo,
+        prompt="edit inside the directory claim",
+        claims=["lib/v1.2"],
+        script=[{"write": "lib/v1.2/x.py", "content": "x = 2\n"}],
+    )
+    assert inside.status is JobStatus.COMPLETED, inside.error
+    widened = await run_task(
+        engine,
+        ws,
+        repo,
+        prompt="turn a file claim into a directory",
+        claims=["lib/v1.3"],
+        script=[{"write": "lib/v1.3/x.py", "content": "y = 1\n"}],
+    )
+    assert widened.status is JobStatus.FAILED
+    gates = (widened.result or {})["gates"]
+    assert [g["gate"] for g in gates if not g["passed"]] == ["claims"]

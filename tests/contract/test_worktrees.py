@@ -179,6 +179,9 @@ async def test_job_lifecycle_never_touches_the_users_checkout(
     await worktrees.gc(repo, set())
 
     assert snapshot(repo) == before
+    # The branch holds the only copy of its commit: neither remove nor gc deletes it...
+    assert run(repo, "branch", "--list", "stitchwork/*").strip() == "stitchwork/job-1"
+    await worktrees.gc(repo, set(), delete_branches=True)  # ...only gc --force does
     assert run(repo, "branch", "--list", "stitchwork/*") == ""
 
 
@@ -366,18 +369,20 @@ async def test_gc_removes_dead_jobs_but_keeps_live_and_kept_worktrees(
     (workdir / "crashed").mkdir()  # a create that died before git registered it
     (workdir / "_integration").mkdir()
 
-    removed = await worktrees.gc(repo, {"live"})
+    collected = await worktrees.gc(repo, {"live"})
 
-    assert sorted(removed) == sorted([dead.path, merged.path, workdir / "crashed"])
+    assert sorted(collected.removed) == sorted([dead.path, merged.path, workdir / "crashed"])
+    assert collected.kept_branches == ["stitchwork/dead"]  # its commit is on no other branch
     assert live.path.exists()
     assert kept.path.exists()
     assert (workdir / "_integration").exists()
     branches = run(repo, "branch", "--list", "stitchwork/*", "--format=%(refname:short)")
     assert branches.split() == ["stitchwork/dead", "stitchwork/kept", "stitchwork/live"]
 
-    removed = await worktrees.gc(repo, {"live"}, include_kept=True, delete_branches=True)
+    collected = await worktrees.gc(repo, {"live"}, include_kept=True, delete_branches=True)
 
-    assert removed == [kept.path]
+    assert collected.removed == [kept.path]
+    assert collected.kept_branches == []
     branches = run(repo, "branch", "--list", "stitchwork/*", "--format=%(refname:short)")
     assert branches.split() == ["stitchwork/live"]
     registered = {e.path for e in await list_worktrees(repo)}
@@ -390,7 +395,7 @@ async def test_gc_prunes_worktrees_whose_directory_vanished(
     wt = await worktrees.create(repo, "job-1", target_branch="main")
     shutil.rmtree(wt.path)
 
-    assert await worktrees.gc(repo, set()) == []
+    assert (await worktrees.gc(repo, set())).removed == []
     assert {e.path for e in await list_worktrees(repo)} == {repo}
     again = await worktrees.create(repo, "job-1", target_branch="main")
     assert (again.path / "README.md").exists()

@@ -29,7 +29,7 @@ from stitchwork.storage.tables import job_events, runner_jobs
 from tests.conftest import IN_CI, REDIS_URL, drop_redis_prefix, require_redis
 from tests.e2e.conftest import eventually, postgres_database
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos]
 
 Spawn = Callable[..., Popen[bytes]]
 

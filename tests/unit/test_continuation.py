@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from stitchwork.domain.continuation import MAX_OUTPUT_CHARS, GateFailure, continuation_prompt
+from stitchwork.domain.continuation import (
+    MAX_OUTPUT_CHARS,
+    GateFailure,
+    continuation_prompt,
+    prior_work_prompt,
+)
 
 LINT = GateFailure("lint", "ruff found 2 problems", "a.py:1:1: F401 unused import\n", 1)
 TESTS = GateFailure("tests", "1 test failed", "FAILED test_a.py::test_x\n", 1)
@@ -55,3 +60,25 @@ def test_attempts_outside_the_retries_are_refused(attempt: int, max_attempts: in
 def test_a_continuation_without_failures_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one failed gate"):
         continuation_prompt("t", [], attempt=2, max_attempts=3)
+
+
+def test_prior_work_names_each_earlier_commit_and_every_failure() -> None:
+    prompt = prior_work_prompt(
+        "Add a search box",
+        [("a" * 40, "wip: search box"), ("b" * 40, "wip: tests")],
+        [GateFailure("tests", "1 failed", "FAILED test_search", 1)],
+    )
+    assert "2 commit(s)" in prompt
+    assert f"- {'a' * 12} wip: search box" in prompt
+    assert f"- {'b' * 12} wip: tests" in prompt
+    assert "do not redo what it already does" in prompt
+    assert "### tests (exit code 1)" in prompt
+    assert "FAILED test_search" in prompt
+    assert prompt.endswith("## The task\nAdd a search box")
+
+
+def test_prior_work_needs_commits_and_failures() -> None:
+    with pytest.raises(ValueError, match="at least one commit"):
+        prior_work_prompt("task", [], [GateFailure("tests", "failed")])
+    with pytest.raises(ValueError, match="at least one commit"):
+        prior_work_prompt("task", [("a" * 40, "wip")], [])

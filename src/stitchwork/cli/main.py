@@ -162,24 +162,31 @@ def gc(
         Path,
         typer.Argument(help="The repository whose agent worktrees to collect.", exists=True),
     ],
-    branches: Annotated[
+    force: Annotated[
         bool,
         typer.Option(
-            "--branches",
-            help="Also delete stitchwork/* branches that were never merged (merged ones go "
-            "anyway).",
+            "--force",
+            help="Also delete stitchwork/* branches whose commits are on no other branch "
+            "(their only copy: the work of failed or stopped tasks and branch-only results).",
         ),
     ] = False,
 ) -> None:
     """Remove the agent worktrees of REPO whose jobs have ended, including the ones kept
-    after a failure for inspection. Worktrees of queued or running jobs stay."""
+    after a failure for inspection, and the stitchwork/* branches of those jobs that were
+    merged. Worktrees of queued or running tasks and reviews stay; so does every branch
+    holding the only copy of a commit, unless --force."""
     settings = load_settings()
     from stitchwork.cli import ops
 
-    removed = run(ops.gc(settings, repo.resolve(), branches=branches))
-    for path in removed:
+    collected = run(ops.gc(settings, repo.resolve(), force=force))
+    for path in collected.removed:
         console.print(f"removed {path}")
-    console.print(f"{len(removed)} worktree(s) removed")
+    console.print(f"{len(collected.removed)} worktree(s) removed")
+    if collected.kept_branches:
+        console.print(
+            f"kept {len(collected.kept_branches)} branch(es) whose commits are on no other "
+            f"branch: {', '.join(collected.kept_branches)} (--force deletes them)"
+        )
 
 
 @app.command()

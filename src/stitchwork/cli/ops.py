@@ -12,9 +12,9 @@ from stitchwork.cli.client import Credentials
 from stitchwork.cli.output import console
 from stitchwork.cli.server import run_embedded, wait_for_signal
 from stitchwork.config import Settings
-from stitchwork.domain.guards import AGENT_TASK
+from stitchwork.domain.guards import AGENT_JOB_TYPES
 from stitchwork.errors import StitchworkError
-from stitchwork.runner.worktrees import Worktrees
+from stitchwork.runner.worktrees import Collected, Worktrees
 from stitchwork.runtime.engine import Engine, open_engine, run_worker_until_signalled
 from stitchwork.storage.db import Database
 from stitchwork.storage.migrate import current_revision, upgrade
@@ -115,9 +115,12 @@ async def keys_revoke(settings: Settings, prefix: str) -> str:
         return (await engine.auth.revoke_key(prefix)).prefix
 
 
-async def gc(settings: Settings, repo: Path, *, branches: bool) -> list[Path]:
-    """Remove the agent worktrees of ``repo`` whose jobs have ended, kept ones included."""
+async def gc(settings: Settings, repo: Path, *, force: bool) -> Collected:
+    """Remove the agent worktrees of ``repo`` whose jobs have ended, kept ones included, and
+    their branches when merged (all of them with ``force``)."""
     async with open_engine(settings) as engine:
-        live = await engine.store.unfinished_ids(AGENT_TASK)
+        live: set[str] = set()
+        for job_type in AGENT_JOB_TYPES:  # a running review has a worktree too
+            live |= await engine.store.unfinished_ids(job_type)
         worktrees = Worktrees(settings.agent_work_dir)
-        return await worktrees.gc(repo, live, delete_branches=branches, include_kept=True)
+        return await worktrees.gc(repo, live, delete_branches=force, include_kept=True)

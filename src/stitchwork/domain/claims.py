@@ -1,6 +1,6 @@
 """Resource claims: normalisation, the directory rule, coverage, exact overlap, expansion, index.
 
-A claim is a repo-relative path or glob (see "Claims" in ARCHITECTURE.md). Decisions are exact:
+A claim is a repo-relative path or glob (see "Claims" in docs/executions.md). Decisions are exact:
 each normalised claim and its directory-ness compile once into an automaton (``automata``), and
 two claims overlap iff the product of their automata accepts some valid path.
 

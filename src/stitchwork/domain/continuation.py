@@ -59,14 +59,17 @@ def continuation_prompt(
             f"The mandatory gates failed again (attempt {attempt} of {max_attempts}): "
             f"{names}. Read each failure below carefully and fix its cause before you stop."
         )
-    parts = [opening, "", "## Failures"]
+    return "\n".join([opening, "", *_failures_and_task(failures, task_prompt)])
+
+
+def _failures_and_task(failures: Sequence[GateFailure], task_prompt: str) -> list[str]:
+    parts = ["## Failures"]
     for failure in failures:
         code = "" if failure.exit_code is None else f" (exit code {failure.exit_code})"
         parts += ["", f"### {failure.gate}{code}", failure.summary]
         if failure.output.strip():
             parts += ["```", _tail(failure.output).rstrip("\n"), "```"]
-    parts += ["", "## The task", task_prompt]
-    return "\n".join(parts)
+    return [*parts, "", "## The task", task_prompt]
 
 
 def _tail(text: str) -> str:
@@ -77,3 +80,31 @@ def _tail(text: str) -> str:
     if 0 <= newline < 200:  # start on a whole line when one begins close by
         cut = cut[newline + 1 :]
     return f"[... {len(text) - len(cut):,} earlier characters cut ...]\n{cut}"
+
+
+def prior_work_prompt(
+    task_prompt: str, commits: Sequence[tuple[str, str]], failures: Sequence[GateFailure]
+) -> str:
+    """The prompt for an agent that resumes a task whose branch already holds commits from an
+    earlier, interrupted run, on which the gates fail.
+
+    Args:
+        task_prompt: the task as first given to the agent.
+        commits: (sha, subject) of the branch's commits, oldest first.
+        failures: every gate that failed on them, in gate order.
+    """
+    if not commits or not failures:
+        raise ValueError("prior work needs at least one commit and one failed gate")
+    names = ", ".join(f.gate for f in failures)
+    parts = [
+        f"An earlier run of this task was interrupted. Its branch already holds "
+        f"{len(commits)} commit(s), which are in your working tree:",
+        "",
+        *(f"- {sha[:12]} {subject}" for sha, subject in commits),
+        "",
+        f"The mandatory gates fail on that work ({names}). Build on it: do not redo what it "
+        "already does, and fix the failures below.",
+        "",
+        *_failures_and_task(failures, task_prompt),
+    ]
+    return "\n".join(parts)

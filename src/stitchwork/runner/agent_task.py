@@ -1,12 +1,21 @@
 """The ``agent-task`` job type: a coding agent's task, from worktree to merge.
 
-SETUP creates the task's worktree on ``stitchwork/<job-id>`` from the target branch and reads
-the repository's ``stitchwork.toml`` from there (the committed config of the target branch,
-which the agent cannot weaken). EXECUTION runs the agent (an ``ai_action`` step). VALIDATION
-runs every mandatory gate; when one fails, the agent runs again in the same worktree with a
-continuation prompt listing every failure, up to ``max_gate_attempts``. CLEANUP commits,
-integrates under the repository's merge lock, and removes the worktree; a failed task keeps
-it for inspection (its path is in the job's result) until ``stitchwork gc``.
+SETUP creates the task's worktree on ``stitchwork/<job-id>`` from the target branch (or finds
+the one an earlier attempt left and resets it to its branch head) and reads the repository's
+``stitchwork.toml`` from there (the committed config of the target branch, which the agent
+cannot weaken). EXECUTION runs the agent (an ``ai_action`` step). VALIDATION runs every
+mandatory gate; when one fails, the agent runs again in the same worktree with a continuation
+prompt listing every failure, up to ``max_gate_attempts``. CLEANUP commits (with the
+``Stitchwork-Job`` trailer) and integrates under the repository's merge lock (``landing``), and
+removes the worktree; a failed task keeps it for inspection (its path is in the job's result) until
+``stitchwork gc``.
+
+Every attempt can land at most once and never loses a commit, whatever crashed before it (the
+recovery rule of each step is in ``docs/agents.md``): an attempt first looks for the job's
+trailer on the target (then the job completes with that commit), then gates the commits an
+earlier attempt left on the branch (and lands them if they pass, without running the agent
+again), and only then runs the agent. A branch is deleted only when its commits are on the
+target.
 """
 
 from __future__ import annotations
@@ -16,25 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stitchwork.domain.continuation import GateFailure, continuation_prompt
+from stitchwork.domain.continuation import GateFailure, continuation_prompt, prior_work_prompt
 from stitchwork.domain.events import EventType
 from stitchwork.domain.guards import MERGING_JOB_TYPES, REPO_WRITE, grants
 from stitchwork.domain.locks import LockMode
-from stitchwork.domain.repo_config import AgentProfile, MergeStrategy, RepoConfig
+from stitchwork.domain.repo_config import AgentProfile, RepoConfig
 from stitchwork.domain.steps import StepPhase, StepType
 from stitchwork.errors import (
-    Conflict,
     GitError,
     GuardRailDenied,
     InvalidRequest,
-    MergeConflict,
-    TargetMoved,
 )
 from stitchwork.runner.adapters import adapter_for
 from stitchwork.runner.agents import AgentTask
 from stitchwork.runner.gates import GateResult, run_gates
-from stitchwork.runner.git import find_commit, git, is_ancestor
-from stitchwork.runner.merge import integrate
+from stitchwork.runner.landing import Lander
+from stitchwork.runner.trailers import commits_between, find_landed
 from stitchwork.runner.worktrees import Worktree, Worktrees
 from stitchwork.runtime.context import JobContext, JobFailed, StepHandle
 from stitchwork.services.agent_tasks import (
@@ -44,8 +50,6 @@ from stitchwork.services.agent_tasks import (
 )
 from stitchwork.services.job_types import AgentTaskPayload
 from stitchwork.storage.steps import JobLost
-
-REBASE_ROUNDS = 3  # a target that keeps moving while the gates re-run fails the task after this
 
 
 class _StepSink:
@@ -79,6 +83,7 @@ class _Run:
     changed: list[str] = field(default_factory=list)
     tokens: tuple[int, int] = (0, 0)
     summary: str = ""  # the agent's last words (a review's findings)
+    prior: list[tuple[str, str]] = field(default_factory=list)  # commits of earlier attempts
 
     def result(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -108,6 +113,7 @@ class AgentTaskRunner:
     def __init__(self, work_root: Path, lock_dir: Path, *, grace_s: float = 2.0) -> None:
         self.worktrees = Worktrees(work_root)
         self.lock_dir = lock_dir
+        self.lander = Lander(self.worktrees, lock_dir)
         self.grace_s = grace_s
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any] | None:
@@ -137,6 +143,13 @@ class AgentTaskRunner:
                 wt = await self.worktrees.create(repo, str(ctx.job.id), target_branch=target)
             except (InvalidRequest, GuardRailDenied, GitError) as exc:
                 raise JobFailed(str(exc), retryable=False) from exc
+            # A retry starts from a known state: the branch head, never a dirty leftover.
+            if await self.worktrees.reset(wt):
+                await step.output(
+                    "an earlier attempt left uncommitted work or an unfinished rebase: "
+                    "dropped it, the worktree is at its branch head\n"
+                )
+            prior = await commits_between(wt.repo, wt.base_commit, await self.worktrees.head(wt))
             # The gates, rails and profiles that count are the target branch's committed ones.
             try:
                 config = read_repo_config(wt.path)
@@ -150,11 +163,48 @@ class AgentTaskRunner:
                 f"worktree {wt.path}\nbranch {wt.branch} from {target} at {wt.base_commit[:12]}\n"
                 f"profile {profile.name}; "
                 f"gates: {', '.join(config.mandatory_gates(ctx.job.type))}\n"
+                + (
+                    f"{len(prior)} commit(s) from an earlier attempt on the branch\n"
+                    if prior
+                    else ""
+                )
             )
-        return _Run(wt, config, profile, target, ctx.job.type)
+        return _Run(wt, config, profile, target, ctx.job.type, prior=prior)
 
     async def _work(self, ctx: JobContext, payload: AgentTaskPayload, run: _Run) -> dict[str, Any]:
+        merging = run.job_type in MERGING_JOB_TYPES
+        if merging:
+            landed = await find_landed(
+                run.wt.repo, run.target, str(ctx.job.id), since=ctx.job.created_at
+            )
+            if landed is not None:  # an earlier attempt landed it, then died: never again
+                async with ctx.step("commit and merge", phase=StepPhase.CLEANUP) as step:
+                    await step.output(
+                        f"{run.target} already holds this job's change as {landed[:12]} (its "
+                        "Stitchwork-Job trailer): an earlier attempt landed it; not merging again\n"
+                    )
+                return run.result(commit=landed, merged=run.config.merge.integrates, recovered=True)
+            if ctx.job.attempt > 1:
+                # An earlier attempt may have begun landing: the target says it did not land,
+                # so this job may be cancelled again until this attempt lands.
+                await ctx.end_landing()
+        recovery = ctx.job.attempt > ctx.job.max_attempts
         prompt = payload.prompt
+        if run.prior:
+            # Commits an earlier attempt made: they land if they pass their gates, without
+            # running the agent again (which would apply its change twice).
+            failures = await self._validate(ctx, payload, run, 0, label="earlier commits")
+            if not failures and merging:
+                return await self._commit_and_land(ctx, payload, run)
+            if not failures:
+                return run.result(merged=False, summary=run.summary)
+            if recovery:
+                raise self._unlanded(ctx, run, "its branch's commits fail their gates")
+            prompt = prior_work_prompt(
+                payload.prompt, run.prior, [_failure(r) for r in run.gates if not r.passed]
+            )
+        elif recovery:
+            raise self._unlanded(ctx, run, "its branch holds no commit to land")
         limit = run.config.max_gate_attempts
         for attempt in range(1, limit + 1):
             run.attempts = attempt
@@ -174,11 +224,36 @@ class AgentTaskRunner:
             prompt = continuation_prompt(
                 payload.prompt, failures, attempt=attempt + 1, max_attempts=limit
             )
-        if run.job_type not in MERGING_JOB_TYPES:  # a review: its output is the result
+        if not merging:  # a review: its output is the result
             return run.result(merged=False, summary=run.summary)
+        return await self._commit_and_land(ctx, payload, run)
+
+    async def _commit_and_land(
+        self, ctx: JobContext, payload: AgentTaskPayload, run: _Run
+    ) -> dict[str, Any]:
+        async def revalidate() -> list[GateFailure]:  # after a rebase onto a moved target
+            return await self._validate(ctx, payload, run, run.attempts)
+
         async with ctx.step("commit and merge", phase=StepPhase.CLEANUP) as step:
-            landed = await self._land(ctx, payload, run, step)
+            landed = await self.lander.land(
+                ctx,
+                run,
+                step,
+                prompt=payload.prompt,
+                issue_ref=payload.issue_ref or ctx.job.issue_ref,
+                revalidate=revalidate,
+            )
         return run.result(**landed)
+
+    def _unlanded(self, ctx: JobContext, run: _Run, why: str) -> JobFailed:
+        """A recovery attempt (after the attempts ran out while one was landing) that finds
+        the change neither on the target nor landable: the job fails, and says so."""
+        return JobFailed(
+            f"recovery after a crash while landing: {run.target} does not hold this job's "
+            f"change and {why}; its commits, if any, stay on {run.wt.branch}",
+            result=run.result(worktree=str(run.wt.path)),
+            retryable=False,
+        )
 
     async def _agent(
         self, ctx: JobContext, payload: AgentTaskPayload, run: _Run, prompt: str, attempt: int
@@ -227,7 +302,13 @@ class AgentTaskRunner:
         return True
 
     async def _validate(
-        self, ctx: JobContext, payload: AgentTaskPayload, run: _Run, attempt: int
+        self,
+        ctx: JobContext,
+        payload: AgentTaskPayload,
+        run: _Run,
+        attempt: int,
+        *,
+        label: str | None = None,
     ) -> list[GateFailure]:
         changes = await self.worktrees.changed_paths(run.wt)
         run.changed = sorted({c.path for c in changes})
@@ -240,90 +321,11 @@ class AgentTaskRunner:
             claims=payload.claims,
             mode=_mode(payload, run),
             attempt=attempt,
+            label=label,
+            claims_root=run.wt.repo,  # the tree the scheduler's locks were decided on
         )
         run.gates = results
-        return [
-            GateFailure(r.gate, r.summary, r.output, r.exit_code) for r in results if not r.passed
-        ]
-
-    async def _land(
-        self, ctx: JobContext, payload: AgentTaskPayload, run: _Run, step: StepHandle
-    ) -> dict[str, Any]:
-        """Commit, then integrate per the merge policy; rebased work passes its gates again
-        before it lands."""
-        wt = run.wt
-        ref = payload.issue_ref or ctx.job.issue_ref
-        subject = (payload.prompt.strip().splitlines() or ["agent task"])[0][:72]
-        message = f"{subject}\n\nstitchwork-job: {ctx.job.id}" + (f"\nissue: {ref}" if ref else "")
-        commit = await self.worktrees.commit(wt, message)
-        if commit is None:
-            await step.output("nothing changed: nothing to merge\n")
-            return {"commit": None, "merged": False}
-        await step.output(f"committed {commit[:12]} on {wt.branch}\n")
-        strategy = run.config.merge.strategy
-        merge_message = f"Merge {wt.branch}: {subject}\n\nstitchwork-job: {ctx.job.id}"
-        try:
-            for _ in range(REBASE_ROUNDS):
-                if strategy is MergeStrategy.REBASE:
-                    await self._rebase_onto_target(ctx, payload, run, step)
-                try:
-                    merged = await integrate(
-                        wt.repo,
-                        wt,
-                        target_branch=run.target,
-                        strategy=strategy.value,
-                        message=merge_message,
-                        lock_dir=self.lock_dir,
-                        # Rebased work lands exactly as its gates saw it, or not at all.
-                        fast_forward_only=strategy is MergeStrategy.REBASE,
-                    )
-                    break
-                except TargetMoved:
-                    continue  # moved again while the gates ran: rebase and check again
-            else:
-                raise JobFailed(f"{run.target} kept moving; gave up after {REBASE_ROUNDS} rebases")
-        except MergeConflict as exc:
-            raise JobFailed(
-                f"merge conflict on {', '.join(exc.paths)}",
-                result=run.result(worktree=str(wt.path), conflicts=list(exc.paths)),
-                retryable=False,
-            ) from exc
-        except Conflict as exc:  # e.g. the target is checked out in the user's checkout
-            raise JobFailed(str(exc), result=run.result(worktree=str(wt.path))) from exc
-        await step.output(
-            f"{merged.strategy.value}: {run.target} is now {merged.commit[:12]}"
-            + (" (the target had moved)" if merged.target_moved else "")
-            + "\n"
-        )
-        return {"commit": merged.commit, "merged": strategy is not MergeStrategy.BRANCH_ONLY}
-
-    async def _rebase_onto_target(
-        self, ctx: JobContext, payload: AgentTaskPayload, run: _Run, step: StepHandle
-    ) -> None:
-        """Replay the task's commits onto a target that moved, and run the gates on the
-        result: what lands is always what passed."""
-        wt = run.wt
-        head = await find_commit(f"refs/heads/{run.target}", cwd=wt.repo)
-        if head is None or await is_ancestor(head, "HEAD", cwd=wt.path):
-            return
-        await step.output(f"{run.target} moved to {head[:12]}: rebasing and re-running gates\n")
-        rebased = await git("rebase", head, cwd=wt.path, check=False)
-        if rebased.returncode != 0:
-            await git("rebase", "--abort", cwd=wt.path, check=False)
-            raise JobFailed(
-                f"rebase onto {run.target} failed: {rebased.text[-500:]}",
-                result=run.result(worktree=str(wt.path)),
-                retryable=False,
-            )
-        run.wt = wt = await self.worktrees.rebased(wt, head)
-        failures = await self._validate(ctx, payload, run, run.attempts)
-        if failures:
-            raise JobFailed(
-                "gates failed after rebasing onto the moved target: "
-                + ", ".join(f.gate for f in failures),
-                result=run.result(worktree=str(wt.path)),
-                retryable=False,
-            )
+        return [_failure(r) for r in results if not r.passed]
 
     async def _cleanup(self, ctx: JobContext, run: _Run, outcome: str) -> None:
         """Keep a failed task's worktree; remove the others (and the branch, unless it is
@@ -340,14 +342,19 @@ class AgentTaskRunner:
         if outcome == "failed":
             await self.worktrees.keep(run.wt)
             return f"kept for inspection: {run.wt.path}\n"
-        if run.wt.path.exists():
-            keep_branch = (  # branch-only: the branch is the only place the work lives
-                outcome == "completed"
-                and run.job_type in MERGING_JOB_TYPES
-                and not run.config.merge.integrates
-            )
-            await self.worktrees.remove(run.wt, delete_branch=not keep_branch)
-        return f"removed {run.wt.path}\n"
+        if not run.wt.path.exists():
+            return f"removed {run.wt.path}\n"
+        # The branch goes only when another branch holds its commits: a branch-only result,
+        # or the commits of a stopped task, are nowhere else.
+        if await self.worktrees.remove(run.wt, delete_branch=True):
+            return f"removed {run.wt.path} and {run.wt.branch}\n"
+        return (
+            f"removed {run.wt.path}; kept {run.wt.branch}, whose commits are on no other branch\n"
+        )
+
+
+def _failure(result: GateResult) -> GateFailure:
+    return GateFailure(result.gate, result.summary, result.output, result.exit_code)
 
 
 def _mode(payload: AgentTaskPayload, run: _Run) -> LockMode:

@@ -24,6 +24,7 @@ from stitchwork.domain.events import EventType
 from stitchwork.domain.locks import LockMode
 from stitchwork.domain.repo_config import CLAIMS_GATE, GateConfig, RepoConfig
 from stitchwork.domain.steps import StepPhase, StepType
+from stitchwork.runner.failpoints import failpoint
 from stitchwork.runner.git import PathChange
 from stitchwork.runner.process import ProcessStartError, run_process
 from stitchwork.runtime.context import JobContext, StepHandle
@@ -67,18 +68,33 @@ async def run_gates(
     claims: Sequence[str],
     mode: LockMode,
     attempt: int,
+    label: str | None = None,
+    claims_root: Path | None = None,
 ) -> list[GateResult]:
     """Run the gates ``names`` (in parallel, bounded) on ``worktree``; results in that order.
 
     ``changes`` are the paths the agent changed since the task's base commit, for the claims
-    gate. A gate that cannot run (its command is missing) fails; it is never skipped.
+    gate. Its literal claims are classified by the tree at ``claims_root`` (the repository's
+    checkout, as the scheduler's locks are), never by the worktree the agent may have
+    reshaped: a directory the agent creates under a file claim does not widen the claim. A
+    gate that cannot run (its command is missing) fails; it is never skipped. Each gate's
+    step is named ``gate <name> (attempt <attempt>)``, or ``(<label>)`` with a label.
     """
     limit = asyncio.Semaphore(config.gate_parallelism)
 
     async def one(name: str) -> GateResult:
         async with limit:
             return await _tracked_gate(
-                ctx, name, config, worktree, changes, claims, mode, attempt=attempt
+                ctx,
+                name,
+                config,
+                worktree,
+                changes,
+                claims,
+                mode,
+                attempt=attempt,
+                label=label,
+                claims_root=claims_root,
             )
 
     return list(await asyncio.gather(*(one(name) for name in names)))
@@ -94,16 +110,21 @@ async def _tracked_gate(
     mode: LockMode,
     *,
     attempt: int,
+    label: str | None,
+    claims_root: Path | None,
 ) -> GateResult:
     result: GateResult | None = None
     # Raising _GateFailed records the step as failed; the result itself says why.
     with contextlib.suppress(_GateFailed):
         async with ctx.step(
-            f"gate {name} (attempt {attempt})", phase=StepPhase.VALIDATION, type_=StepType.GATE
+            f"gate {name} ({label or f'attempt {attempt}'})",
+            phase=StepPhase.VALIDATION,
+            type_=StepType.GATE,
         ) as step:
             await step.event(EventType.GATE_STARTED, {"gate": name, "attempt": attempt})
+            failpoint("gate.started")
             if name == CLAIMS_GATE:
-                result = claims_gate(changes, claims, mode, repo_root=worktree)
+                result = claims_gate(changes, claims, mode, repo_root=claims_root)
                 await step.output(result.output)
             else:
                 result = await _command_gate(step, config.gates[name], worktree)

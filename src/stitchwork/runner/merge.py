@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import NoReturn
@@ -27,6 +29,7 @@ from stitchwork.errors import (
     NotFound,
     TargetMoved,
 )
+from stitchwork.runner.failpoints import failpoint
 from stitchwork.runner.git import (
     DEFAULT_IDENTITY,
     STDERR_TAIL_CHARS,
@@ -40,6 +43,7 @@ from stitchwork.runner.git import (
     resolved,
 )
 from stitchwork.runner.locks import file_lock
+from stitchwork.runner.trailers import find_landed
 from stitchwork.runner.worktrees import INTEGRATION_DIR, Worktree, admin_lock, repo_key
 
 log = structlog.get_logger(__name__)
@@ -63,12 +67,15 @@ class MergeResult:
         target_moved: the target had moved past the job's base commit.
         rebased: the job branch was rewritten onto the moved target, so its gates ran on
             other code than what landed and should run again.
+        already: the target already held the job's change (found by its ``Stitchwork-Job``
+            trailer); nothing was integrated and ``commit`` is the commit that carries it.
     """
 
     commit: str
     strategy: Strategy
     target_moved: bool
     rebased: bool
+    already: bool = False
 
 
 async def integrate(
@@ -81,6 +88,9 @@ async def integrate(
     lock_dir: Path,
     identity: GitIdentity = DEFAULT_IDENTITY,
     fast_forward_only: bool = False,
+    job_id: str | None = None,
+    since: datetime | None = None,
+    before_swap: Callable[[], Awaitable[None]] | None = None,
 ) -> MergeResult:
     """Land the job branch of ``wt`` on ``target_branch``.
 
@@ -108,6 +118,12 @@ async def integrate(
         lock_dir: where the per-repository lock files live (shared by all processes).
         identity: committer of merge commits and rebased commits.
         fast_forward_only: with ``rebase``, refuse instead of rebasing onto a moved target.
+        job_id: when given, the target is searched (under the lock) for a commit whose
+            ``Stitchwork-Job`` trailer names this job, dated after ``since``; if there is one,
+            the change already landed and nothing is integrated (``MergeResult.already``).
+        since: see ``job_id``.
+        before_swap: awaited once, under the lock, right before the target first moves; if
+            it raises, nothing moves (a job records there that it is landing).
 
     Raises:
         MergeConflict: the branch conflicts with the target; the job branch, the target and
@@ -136,6 +152,12 @@ async def integrate(
         tip = await _head(root, wt.branch)
         return MergeResult(tip, strategy, target != wt.base_commit, rebased=False)
     async with repo_lock(lock_dir, root):
+        failpoint("merge.locked")
+        if job_id is not None:
+            landed = await find_landed(root, target_branch, job_id, since=since)
+            if landed is not None:
+                log.info("job_already_landed", job_id=job_id, commit=landed)
+                return MergeResult(landed, strategy, False, rebased=False, already=True)
         await _refuse_checked_out(root, target_branch)
         integration = await _integration_worktree(
             root, wt.path.parent / INTEGRATION_DIR, await _head(root, target_branch)
@@ -151,7 +173,11 @@ async def integrate(
                 )
                 rebased = rebased or rewritten
             moved = old != wt.base_commit
+            if new != old and before_swap is not None:
+                await before_swap()
+                before_swap = None
             if new == old or await _swap(root, target_branch, new, old, wt.job_id):
+                failpoint("merge.swapped")
                 log.info(
                     "job_integrated",
                     job_id=wt.job_id,

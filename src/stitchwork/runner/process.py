@@ -1,10 +1,20 @@
 """Run a command in its own process group, stream its output, and never leave any of it behind.
 
-Shared by the ``shell`` job type, the agent adapters and (later) the gates. The command gets a
-new session, so it and everything it starts form one process group. Whatever ends the run — the
-command exiting, a timeout, a stop request or the caller being cancelled — the whole group is
-stopped (SIGTERM, then SIGKILL after a grace period) and waited for, so a background process the
-command started can neither outlive it nor keep writing into a worktree that is being removed.
+Shared by the ``shell`` job type, the agent adapters, the script agent and the gates. The
+command gets a new session, so it and everything it starts form one process group. Whatever
+ends the run — the command exiting, a timeout, a stop request or the caller being cancelled —
+the whole group is stopped (SIGTERM, then SIGKILL after a grace period) and waited for, so a
+background process the command started can neither outlive it nor keep writing into a worktree
+that is being removed.
+
+Two more guarantees hold when the worker process itself dies, which no ``finally`` survives:
+
+* The group's first process is the guard (``runner/guard.py``): it holds the read end of a
+  pipe whose write end only this process holds, and SIGKILLs its group when that pipe closes,
+  that is when this process dies, SIGKILL included.
+* When a ``GroupRecorder`` is set in the context (the worker sets one per job), every group is
+  recorded before the command runs on and marked ended once it is gone, so a janitor can find
+  and kill what a dead worker left (see ``runtime/janitor.py``).
 
 This module depends on the standard library only, so every layer may use it.
 """
@@ -14,13 +24,18 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import contextvars
+import errno
 import os
+import shutil
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from stitchwork.errors import StitchworkError
 
@@ -30,6 +45,39 @@ READ_CHUNK = 65_536
 DEFAULT_TAIL_CHARS = 4_000
 
 OutputCallback = Callable[[str], Awaitable[None]]
+GUARD_SCRIPT = Path(__file__).with_name("guard.py")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessGroup:
+    """A process group a command runs in.
+
+    Attributes:
+        pgid: The group's id: the pid of its first process (the guard).
+        leader_start: When that process started, in clock ticks since boot (``None`` without
+            ``/proc``): with ``pgid`` it names the group even after the pid is reused.
+    """
+
+    pgid: int
+    leader_start: int | None
+
+
+class GroupRecorder(Protocol):
+    """Records the process groups of one job attempt where other processes can see them."""
+
+    async def started(self, group: ProcessGroup) -> object:
+        """Record a new group; returns a token for ``ended``. Raising stops the command."""
+        ...
+
+    async def ended(self, token: object) -> None:
+        """Record that the group is gone. Must not raise: a record left open is closed by the
+        janitor of this host once it finds the group gone."""
+        ...
+
+
+group_recorder: contextvars.ContextVar[GroupRecorder | None] = contextvars.ContextVar(
+    "stitchwork_group_recorder", default=None
+)
 
 
 class ProcessStartError(StitchworkError):
@@ -139,23 +187,31 @@ async def run_process(
         raise ValueError("command must not be empty")
     started = time.monotonic()
     proc = await _spawn(command, cwd=cwd, env=env)
-    tail = OutputTail(tail_chars)
-
-    async def deliver(text: str) -> None:
-        tail.add(text)
-        if on_output is not None:
-            await on_output(text)
-
-    pump = asyncio.create_task(_pump(proc, deliver))
-    exited = asyncio.create_task(_exited(proc))
-    stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
+    recorder = group_recorder.get()
+    token: object = None
     group_cleared = False
+    pump: asyncio.Task[None] | None = None
+    exited: asyncio.Task[None] | None = None
+    stop_wait: asyncio.Task[Any] | None = None
     timed_out = stopped = False
+    tail = OutputTail(tail_chars)
     try:
+        if recorder is not None:
+            # Recorded before the command's output is read: a worker that dies from here on
+            # leaves a row that names the group (and the guard kills it anyway).
+            token = await recorder.started(ProcessGroup(proc.pid, process_start_ticks(proc.pid)))
+
+        async def deliver(text: str) -> None:
+            tail.add(text)
+            if on_output is not None:
+                await on_output(text)
+
+        pump = asyncio.create_task(_pump(proc, deliver))
+        exited = asyncio.create_task(_exited(proc))
+        stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
         timed_out, stopped = await _wait_for_end(pump, exited, stop_wait, timeout_s)
         # The command ended, or must end: nothing of its process group may outlive it.
-        await kill_process_group(proc.pid, grace_s)
-        group_cleared = True
+        group_cleared = await kill_process_group(proc.pid, grace_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_exited(proc), grace_s)
         with contextlib.suppress(TimeoutError):
@@ -166,8 +222,11 @@ async def run_process(
         for task in (pump, exited, stop_wait):
             if task is not None:
                 task.cancel()
-        if not group_cleared:  # we were cancelled: leave nothing behind
-            await kill_process_group(proc.pid, grace_s)
+        if not group_cleared:  # we were cancelled or failed: leave nothing behind
+            group_cleared = await kill_process_group(proc.pid, grace_s)
+        if recorder is not None and token is not None and group_cleared:
+            # A group that could not be killed stays recorded as live: the janitor retries.
+            await recorder.ended(token)
     return ProcessResult(
         returncode=proc.returncode,
         timed_out=timed_out,
@@ -177,24 +236,74 @@ async def run_process(
     )
 
 
+_death_pipe: tuple[int, int, int] | None = None  # (owner pid, read end, write end)
+
+
+def _death_fd() -> int:
+    """The read end of this process's death pipe; only this process holds the write end.
+
+    Both ends are close-on-exec, so no command inherits the write end; the read end is passed
+    to each guard explicitly. Made anew in a forked child, whose parent's pipe is not its own.
+    """
+    global _death_pipe
+    if _death_pipe is None or _death_pipe[0] != os.getpid():
+        read, write = os.pipe()
+        _death_pipe = (os.getpid(), read, write)
+    return _death_pipe[1]
+
+
+def _preflight(
+    command: str | Sequence[str],
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+) -> None:
+    """Refuse, as starting it directly would, a command that cannot start: the guard would
+    only report it as exit code 127."""
+    if cwd is not None and not os.path.isdir(cwd):
+        reason = errno.ENOTDIR if os.path.exists(cwd) else errno.ENOENT
+        raise ProcessStartError(command, OSError(reason, os.strerror(reason), os.fspath(cwd)))
+    if isinstance(command, str):
+        return
+    program = os.fspath(command[0])
+    if os.sep in program:
+        path = program if cwd is None or os.path.isabs(program) else os.path.join(cwd, program)
+        if not os.path.exists(path):
+            raise ProcessStartError(
+                command, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+            )
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise ProcessStartError(
+                command, PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+            )
+        return
+    search = (env if env is not None else os.environ).get("PATH", os.defpath)
+    if shutil.which(program, path=search) is None:
+        raise ProcessStartError(
+            command, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        )
+
+
 async def _spawn(
     command: str | Sequence[str],
     *,
     cwd: str | os.PathLike[str] | None,
     env: Mapping[str, str] | None,
 ) -> asyncio.subprocess.Process:
-    options: dict[str, Any] = {
-        "stdout": asyncio.subprocess.PIPE,
-        "stderr": asyncio.subprocess.STDOUT,
-        "stdin": asyncio.subprocess.DEVNULL,
-        "cwd": cwd,
-        "env": dict(env) if env is not None else None,
-        "start_new_session": True,
-    }
+    _preflight(command, cwd, env)
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [*map(str, command)]
+    death = _death_fd()
+    guarded = [sys.executable, "-I", "-S", str(GUARD_SCRIPT), str(death), "--", *argv]
     try:
-        if isinstance(command, str):
-            return await asyncio.create_subprocess_shell(command, **options)
-        return await asyncio.create_subprocess_exec(*command, **options)
+        return await asyncio.create_subprocess_exec(
+            *guarded,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            pass_fds=(death,),
+        )
     except OSError as exc:
         raise ProcessStartError(command, exc) from exc
 
@@ -312,6 +421,25 @@ def process_group_alive(pgid: int) -> bool:
         if int(group) == pgid and state != "Z":
             return True
     return False
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot; ``None`` if it is gone or
+    there is no ``/proc``. A pid is reused, a (pid, start) pair is not (until a reboot)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def boot_id() -> str:
+    """This boot of this machine: recorded process groups of another boot are gone."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _label(command: str | Sequence[str]) -> str:

@@ -39,10 +39,23 @@ log = structlog.get_logger(__name__)
 
 BRANCH_PREFIX = "stitchwork/"
 INTEGRATION_DIR = "_integration"
-_BASE_FILE = "stitchwork-base"
 # Job ids become a directory and a branch name: no separators, no leading dot or dash (so never
 # "_integration", never an option), nothing git refuses in a ref name.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What ``Worktrees.gc`` did.
+
+    Attributes:
+        removed: the worktree directories removed.
+        kept_branches: ``stitchwork/*`` branches of ended jobs that were kept because their
+            commits are on no other branch (``gc --force`` deletes them).
+    """
+
+    removed: list[Path]
+    kept_branches: list[str]
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ class Worktrees:
         """Create the worktree of ``job_id`` on a new branch at ``target_branch``'s head.
 
         Idempotent for retried attempts: when the job's worktree already exists and is
-        registered it is returned as it is (with the base commit it was created at); when only
+        registered it is returned as it is (its base: where its branch leaves the target); when only
         its branch survived, a new worktree continues on that branch.
 
         Args:
@@ -138,7 +151,9 @@ class Worktrees:
                     path=str(path),
                 )
             if (path / ".git").exists():
-                base = await _read_base(path) or await _fork_point(root, branch, target_branch)
+                # Where the branch leaves the target now: after a rebase onto a moved target
+                # (that a crash may have cut short), that is the new base, not the first one.
+                base = await _fork_point(root, branch, target_branch)
                 log.info("worktree_reused", job_id=job_id, path=str(path))
                 return Worktree(path, branch, base, root)
             # Registered but its directory is gone: forget it, then create it afresh below.
@@ -159,13 +174,37 @@ class Worktrees:
                 # An earlier attempt's worktree was removed but its branch kept: continue on it.
                 await git("worktree", "add", "--quiet", str(path), branch, cwd=root)
                 base = await _fork_point(root, branch, target_branch)
-        await _write_base(path, base)
         log.info("worktree_created", job_id=job_id, path=str(path), base=base)
         return Worktree(path, branch, base, root)
 
-    async def rebased(self, wt: Worktree, base: str) -> Worktree:
-        """``wt`` after its branch was rebased onto ``base``: changes count from there."""
-        await _write_base(wt.path, base)
+    async def reset(self, wt: Worktree) -> bool:
+        """Bring the worktree to a known state: its branch head, nothing else.
+
+        An earlier attempt that died may have left a rebase or merge in progress, staged or
+        unstaged edits and untracked or ignored files: all are dropped (an unfinished rebase
+        is aborted, which puts the branch back where it was). Commits on the branch stay.
+
+        Returns:
+            Whether anything had to be dropped.
+        """
+        dirty = bool((await git("status", "--porcelain", "-z", "--ignored", cwd=wt.path)).stdout)
+        for operation in ("rebase", "merge", "cherry-pick"):
+            state = await git(operation, "--abort", cwd=wt.path, check=False)
+            dirty = dirty or state.returncode == 0
+        await git("reset", "--quiet", "--hard", "HEAD", cwd=wt.path)
+        await git("clean", "--quiet", "-ffdx", cwd=wt.path)
+        if dirty:
+            log.info("worktree_reset", job_id=wt.job_id, path=str(wt.path))
+        return dirty
+
+    async def head(self, wt: Worktree) -> str:
+        """The commit the job branch points at."""
+        return (await git("rev-parse", f"refs/heads/{wt.branch}", cwd=wt.repo)).text
+
+    @staticmethod
+    def rebased(wt: Worktree, base: str) -> Worktree:
+        """``wt`` after its branch was rebased onto ``base``: changes count from there. (A
+        later attempt finds the same base: where the branch leaves the target.)"""
         return replace(wt, base_commit=base)
 
     async def changed_paths(self, wt: Worktree) -> list[PathChange]:
@@ -237,15 +276,22 @@ class Worktrees:
                 )
         log.info("worktree_kept", job_id=wt.job_id, path=str(wt.path))
 
-    async def remove(self, wt: Worktree, *, delete_branch: bool = False) -> None:
-        """Delete the worktree (even a kept or dirty one); its branch too when asked.
+    async def remove(self, wt: Worktree, *, delete_branch: bool = False) -> bool:
+        """Delete the worktree (even a kept or dirty one), and its branch when asked and the
+        branch's commits are all on another branch (never the only copy of a commit).
 
         Idempotent: removing a worktree that is already gone is not an error.
+
+        Returns:
+            Whether the branch was deleted.
         """
         await _remove_worktree(wt.repo, wt.path, self.workdir(wt.repo))
-        if delete_branch:
-            await _delete_branch(wt.repo, f"refs/heads/{wt.branch}")
-        log.info("worktree_removed", job_id=wt.job_id, delete_branch=delete_branch)
+        ref = f"refs/heads/{wt.branch}"
+        deleted = delete_branch and await _integrated(wt.repo, ref)
+        if deleted:
+            await _delete_branch(wt.repo, ref)
+        log.info("worktree_removed", job_id=wt.job_id, branch_deleted=deleted)
+        return deleted
 
     async def gc(
         self,
@@ -254,16 +300,17 @@ class Worktrees:
         *,
         delete_branches: bool = False,
         include_kept: bool = False,
-    ) -> list[Path]:
+    ) -> Collected:
         """Remove the worktrees of jobs not in ``live_job_ids``, then ``git worktree prune``.
 
         A ``stitchwork/*`` branch of a job that is not live is deleted when a non-stitchwork
-        branch contains it (it was integrated), or always with ``delete_branches``. Kept
+        branch contains it (it was integrated); one whose commits are on no other branch is
+        kept unless ``delete_branches`` (``gc --force``): it is the only copy of them. Kept
         worktrees (see :meth:`keep`) stay unless ``include_kept``. ``live_job_ids`` must
         include every job that may be creating its worktree right now.
 
         Returns:
-            The worktree directories removed.
+            The worktree directories removed and the unmerged branches kept.
         """
         live = set(live_job_ids)
         root = await repo_root(repo)
@@ -287,24 +334,33 @@ class Worktrees:
                     continue
                 await asyncio.to_thread(shutil.rmtree, child)
                 removed.append(child)
-        await _gc_branches(root, live, delete_all=delete_branches)
-        log.info("worktrees_collected", repo=str(root), removed=len(removed))
-        return removed
+        kept = await _gc_branches(root, live, delete_all=delete_branches)
+        log.info("worktrees_collected", repo=str(root), removed=len(removed), kept_branches=kept)
+        return Collected(removed, kept)
 
 
-async def _gc_branches(root: Path, live: set[str], *, delete_all: bool) -> None:
+async def _gc_branches(root: Path, live: set[str], *, delete_all: bool) -> list[str]:
+    """Delete the branches of ended jobs whose commits are elsewhere (all with
+    ``delete_all``); returns the short names of those kept."""
     refs = await git("for-each-ref", "--format=%(refname)", f"refs/heads/{BRANCH_PREFIX}", cwd=root)
     checked_out = {e.branch for e in await list_worktrees(root) if e.branch}
+    kept: list[str] = []
     for ref in refs.text.splitlines():
         job_id = ref.removeprefix(f"refs/heads/{BRANCH_PREFIX}")
         if job_id in live or ref in checked_out:
             continue
         if delete_all or await _integrated(root, ref):
             await _delete_branch(root, ref)
+        else:
+            kept.append(ref.removeprefix("refs/heads/"))
+    return kept
 
 
 async def _integrated(root: Path, ref: str) -> bool:
-    """Whether a branch outside ``stitchwork/`` contains ``ref``'s head."""
+    """Whether a branch outside ``stitchwork/`` contains ``ref``'s head (true of a branch
+    that does not exist: there is nothing of it to lose)."""
+    if await find_commit(ref, cwd=root) is None:
+        return True
     containing = await git(
         "for-each-ref", "--format=%(refname)", "--contains", ref, "refs/heads/", cwd=root
     )
@@ -370,18 +426,6 @@ async def _git_path(worktree: Path, name: str) -> Path:
     """A file in the worktree's own admin dir (``.git/worktrees/<id>/<name>``)."""
     out = await git("rev-parse", "--path-format=absolute", "--git-path", name, cwd=worktree)
     return Path(out.text)
-
-
-async def _write_base(worktree: Path, base: str) -> None:
-    # Kept in the worktree's admin dir so it disappears with the worktree.
-    (await _git_path(worktree, _BASE_FILE)).write_text(base + "\n")
-
-
-async def _read_base(worktree: Path) -> str | None:
-    path = await _git_path(worktree, _BASE_FILE)
-    if not path.exists():
-        return None
-    return path.read_text().strip() or None
 
 
 def _exists(path: Path) -> bool:

@@ -93,10 +93,12 @@ class JobContext:
         steps: SqlStepStore | None = None,
         worker_id: str = "",
         on_step_end: Callable[[StepType, StepStatus, float], None] | None = None,
+        landing: Callable[[bool], Awaitable[bool]] | None = None,
     ) -> None:
         self.job = job
         self.worker_id = worker_id
         self._on_step_end = on_step_end
+        self._landing = landing
         self.stop_requested = asyncio.Event()
         self.log = structlog.get_logger("stitchwork.job").bind(
             job_id=str(job.id), job_type=job.type, attempt=job.attempt
@@ -114,6 +116,23 @@ class JobContext:
         if self._steps_store is None:
             raise RuntimeError("this context records no steps (no step store given)")
         return self._steps_store
+
+    async def begin_landing(self) -> None:
+        """Record that this attempt is about to move its target branch (see
+        ``SqlJobStore.mark_landing``). Raises ``JobLost`` when the job is no longer this
+        worker's: then it must not land anything."""
+        await self._mark_landing(True)
+
+    async def end_landing(self) -> None:
+        """Record that the change is known not to have landed (the target was checked)."""
+        await self._mark_landing(False)
+
+    async def _mark_landing(self, landing: bool) -> None:
+        if self._landing is not None and not await self._landing(landing):
+            raise JobLost(
+                f"job {self.job.id} is no longer running under worker {self.worker_id}",
+                job_id=str(self.job.id),
+            )
 
     # -- progress ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from stitchwork.queue.sql import create_queue
 from stitchwork.runner.agent_task import AgentTaskRunner
 from stitchwork.runtime.context import Handler
 from stitchwork.runtime.handlers import BUILTIN_HANDLERS
+from stitchwork.runtime.janitor import ProcessJanitor
 from stitchwork.runtime.metrics import Metrics
 from stitchwork.runtime.reconciler import Reconciler
 from stitchwork.runtime.scheduler import Scheduler
@@ -38,6 +39,7 @@ from stitchwork.storage.executions import SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.locks import SqlLockStore
 from stitchwork.storage.migrate import upgrade
+from stitchwork.storage.processes import SqlProcessStore, host_grace
 from stitchwork.storage.rows import EventWriter
 from stitchwork.storage.steps import SqlStepStore
 
@@ -59,6 +61,7 @@ class Engine:
     auth: AuthService
     executions: ExecutionService
     metrics: Metrics
+    processes: SqlProcessStore
 
     @classmethod
     async def open(
@@ -97,6 +100,7 @@ class Engine:
         catalog = JobTypeCatalog()
         jobs = JobService(store, steps, queue, catalog, settings)
         execution_store = SqlExecutionStore(db)
+        processes = SqlProcessStore(db)
         stitcher = Stitcher(
             writer,
             execution_store,
@@ -106,6 +110,8 @@ class Engine:
             clock,
             starvation=settings.starvation_after,
             pull_lease=settings.pull_lease,
+            processes=processes,
+            host_grace=host_grace(settings.lease),
         )
         stitcher.on_cancelled = queue.cancelled_in
         return cls(
@@ -122,6 +128,7 @@ class Engine:
             auth=AuthService(SqlAuthStore(db, clock)),
             executions=ExecutionService(writer, execution_store, store, jobs, stitcher, clock),
             metrics=Metrics(),
+            processes=processes,
         )
 
     async def close(self) -> None:
@@ -147,6 +154,7 @@ class Engine:
             worker_id=worker_id,
             queues=queues,
             metrics=self.metrics,
+            processes=self.processes,
         )
 
     def handlers(self) -> dict[str, Handler]:
@@ -176,7 +184,25 @@ class Engine:
             self.store,
             interval_s=self.settings.sweep_interval.total_seconds(),
             actor=actor or f"sweeper:{new_worker_id()}",
+            janitor=self.janitor(),
+            host_grace=host_grace(self.settings.lease),
         )
+
+    def janitor(self) -> ProcessJanitor:
+        return ProcessJanitor(
+            self.processes,
+            self.clock,
+            host_refresh_s=self.settings.lease.total_seconds() / 3,
+            grace_s=self.settings.cancel_grace.total_seconds(),
+        )
+
+    async def reap_orphans(self) -> None:
+        """Before this process's worker takes a job: kill what an earlier, dead process of
+        this host left running (its agents, gates and commands), so no job's process ever
+        runs next to the job's next attempt."""
+        reaped = await self.janitor().sweep_once()
+        if reaped.killed:
+            log.warning("orphans_reaped", count=len(reaped.killed))
 
 
 @asynccontextmanager
@@ -191,6 +217,7 @@ async def open_engine(settings: Settings, **kwargs: object) -> AsyncIterator[Eng
 async def run_worker_until_signalled(engine: Engine, worker: Worker) -> None:
     """Run a worker and a sweeper until SIGTERM/SIGINT, then shut down gracefully."""
     loop = asyncio.get_running_loop()
+    await engine.reap_orphans()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, worker.stop)

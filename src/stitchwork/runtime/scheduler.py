@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from uuid import UUID
 
 import structlog
@@ -53,6 +54,7 @@ class Scheduler:
 
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen(), name="scheduler-listen")
+        drained_at = float("-inf")
         try:
             await self._tick_all()
             while True:
@@ -60,6 +62,10 @@ class Scheduler:
                     async with asyncio.timeout(self.interval_s):
                         await self._wake.wait()
                 self._wake.clear()
+                if time.monotonic() - drained_at >= self.interval_s:
+                    # Also under a steady stream of wake-ups, which starve the timer's ticks.
+                    drained_at = time.monotonic()
+                    await self._release_drained()
                 if self._due:
                     due, self._due = self._due, set()
                     for execution_id in due:
@@ -82,6 +88,18 @@ class Scheduler:
             return
         for execution_id in ids:
             await self._advance(execution_id)
+
+    async def _release_drained(self) -> None:
+        try:
+            released = await self.stitcher.release_drained(actor=self.actor)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler_release_drained_failed")
+            return
+        if released:
+            log.info("drained_locks_released", owners=released)
+            self._wake.set()  # nodes they blocked may start now
 
     async def _advance(self, execution_id: UUID) -> None:
         try:

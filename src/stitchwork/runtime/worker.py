@@ -26,9 +26,12 @@ from stitchwork.domain.jobs import Job
 from stitchwork.domain.retry import RetryPolicy, should_retry
 from stitchwork.domain.steps import StepStatus, StepType
 from stitchwork.queue.base import QueueBackend
+from stitchwork.runner.process import group_recorder
 from stitchwork.runtime.context import Handler, JobContext, JobFailed
+from stitchwork.runtime.janitor import JobGroups, ThisProcess
 from stitchwork.runtime.metrics import Metrics
 from stitchwork.storage.jobs import SqlJobStore
+from stitchwork.storage.processes import SqlProcessStore
 from stitchwork.storage.steps import JobLost, SqlStepStore
 
 log = structlog.get_logger(__name__)
@@ -129,6 +132,7 @@ class Worker:
         queues: list[str] | None = None,
         rng: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
+        processes: SqlProcessStore | None = None,
     ) -> None:
         self.store = store
         self.steps = steps
@@ -149,6 +153,12 @@ class Worker:
         self._stop = asyncio.Event()
         self._completer = _Completer(store, self.worker_id)
         self.log = log.bind(worker_id=self.worker_id)
+        # Every process group a handler starts is recorded here (``runtime/janitor.py``).
+        self.processes = processes
+        self._me = ThisProcess.current() if processes is not None else None
+        # When each running job's lease was last renewed (monotonic): a worker that cannot
+        # renew stops its jobs before their leases run out (it fences itself).
+        self._renewed: dict[UUID, float] = {}
 
     def _handler_done(self, running: _Running) -> None:
         if not running.handler_done:
@@ -234,6 +244,7 @@ class Worker:
             steps=self.steps,
             worker_id=self.worker_id,
             on_step_end=self._step_ended if self.metrics is not None else None,
+            landing=functools.partial(self.store.mark_landing, job.id, self.worker_id),
         )
         previous = self._running.get(job.id)
         running = _Running(job=job, ctx=ctx)
@@ -267,6 +278,19 @@ class Worker:
                 # The previous attempt of this job (cancelled, then retried at once) may still
                 # be stopping here, cleaning up its worktree: this one starts after it.
                 await asyncio.wait({after})
+            self._renewed[job.id] = time.monotonic()
+            if self.processes is not None and self._me is not None:
+                # Set in this job's own task: what the handler starts is recorded as this job's.
+                group_recorder.set(
+                    JobGroups(
+                        self.processes,
+                        self._me,
+                        self.store.clock,
+                        job_id=job.id,
+                        attempt=job.attempt,
+                        worker_id=self.worker_id,
+                    )
+                )
             handler = self.handlers.get(job.type)
             if handler is None:
                 raise JobFailed(
@@ -317,6 +341,7 @@ class Worker:
             self._handler_done(running)
             if self._running.get(job.id) is running:  # not yet replaced by a next attempt
                 del self._running[job.id]
+                self._renewed.pop(job.id, None)
                 self.queue.settle((job.id,))
             if running.killer is not None:
                 running.killer.cancel()
@@ -383,12 +408,31 @@ class Worker:
                 raise
             except Exception:
                 self.log.exception("heartbeat_failed")
+                self._fence(ids, interval)
                 continue
             if self.metrics is not None:
                 self.metrics.heartbeat()
+            now = time.monotonic()
+            for job_id in held:
+                self._renewed[job_id] = now
             for job_id in ids - held:
                 if job_id in self._running:  # not finished meanwhile: cancelled or taken over
                     self.request_stop(job_id)
+
+    def _fence(self, ids: set[UUID], interval: float) -> None:
+        """Stop the jobs whose lease runs out before the next heartbeat could renew it.
+
+        A worker cut off from the database cannot renew leases, nor refresh its host's row;
+        once that row is older than the host grace (twice the lease) the sweeper hands the job
+        to another worker, so this attempt's processes must be gone by then.
+        """
+        deadline = self.settings.lease.total_seconds() - interval
+        now = time.monotonic()
+        for job_id in ids:
+            renewed = self._renewed.get(job_id)
+            if renewed is not None and now - renewed >= deadline:
+                self.log.warning("lease_unrenewable_job_stopped", job_id=str(job_id))
+                self.request_stop(job_id)
 
     async def _drain(self) -> None:
         """Graceful shutdown: wait for handlers, then stop and release the rest."""

@@ -115,6 +115,10 @@ class Round:
     acquire: list[tuple[HeldLock, UUID | None, str | None]] = field(default_factory=list)
     cancel_jobs: list[UUID] = field(default_factory=list)
     dirty: dict[str, NodeRow] = field(default_factory=dict)  # nodes to write back
+    # Owners in ``release`` already checked for live process groups; those that have one are
+    # moved to ``draining`` and keep their locks until the groups are gone.
+    checked: set[str] = field(default_factory=set)
+    draining: set[str] = field(default_factory=set)
 
     def move(self, node: NodeRow, to: NodeStatus, **payload: Any) -> None:
         run = self.run

@@ -42,11 +42,12 @@ from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, JobStatus, NewJob
 from stitchwork.domain.plans import PlanNode
 from stitchwork.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
 from stitchwork.services.jobs import JobService
-from stitchwork.services.repo_locks import RepoLocks
+from stitchwork.services.repo_locks import HOLD_PREFIX, RepoLocks
 from stitchwork.services.rounds import FINAL_EVENTS, Round, RunState
 from stitchwork.storage.executions import ExecutionRow, NodeRow, SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
 from stitchwork.storage.locks import SqlLockStore
+from stitchwork.storage.processes import SqlProcessStore
 from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
 from stitchwork.storage.tables import runner_jobs
 
@@ -88,6 +89,8 @@ class Stitcher:
         *,
         starvation: timedelta = timedelta(seconds=30),
         pull_lease: timedelta = timedelta(minutes=10),
+        processes: SqlProcessStore | None = None,
+        host_grace: timedelta = timedelta(seconds=12),
     ) -> None:
         self.writer = writer
         self.store = store
@@ -96,6 +99,8 @@ class Stitcher:
         self.clock = clock
         self.starvation = starvation
         self.pull_lease = pull_lease
+        self.processes = processes
+        self.host_grace = host_grace
         self._runs: dict[UUID, RunState] = {}
         self.locks = RepoLocks(writer, lock_store)
         # Wired to the queue: tells workers to stop jobs cancelled in a transaction.
@@ -132,9 +137,53 @@ class Stitcher:
         round does not read back the nodes just written."""
         tx.after_commit.append(lambda: self._runs.__setitem__(ex.id, RunState.build(ex, nodes)))
 
+    async def _keep_draining(self, tx: Tx, rnd: Round) -> None:
+        """Owners released this round whose job still has a live process group keep their
+        locks (a cancelled job's agent may still be writing): ``release_drained`` lets them go
+        once the groups are gone."""
+        pending = rnd.release - rnd.checked
+        if self.processes is None or not pending:
+            return
+        rnd.checked |= pending
+        by_job: dict[UUID, str] = {}
+        for owner in pending:
+            node = rnd.run.nodes.get(owner.partition("/")[2])
+            if node is not None and node.job_id is not None:
+                by_job[node.job_id] = owner
+        live = await self.processes.with_live_groups(
+            tx.conn, list(by_job), seen_after=rnd.now - self.host_grace
+        )
+        for job_id in live:
+            rnd.release.discard(by_job[job_id])
+            rnd.draining.add(by_job[job_id])
+
+    async def release_drained(self, *, actor: str = "scheduler") -> int:
+        """Release the locks of ended nodes whose jobs no longer have a live process group;
+        returns how many owners were released."""
+        if self.processes is None:
+            return 0
+        async with self.writer.write() as tx:
+            rows = await self.processes.locks_of_ended_nodes(tx.conn)
+            if not rows:
+                return 0
+            jobs = [job_id for _, _, job_id in rows if job_id is not None]
+            live = await self.processes.with_live_groups(
+                tx.conn, jobs, seen_after=self.clock.now() - self.host_grace
+            )
+            by_repo: dict[str, set[str]] = {}
+            for repo, owner, job_id in rows:
+                if job_id not in live:
+                    by_repo.setdefault(repo, set()).add(owner)
+            for repo, owners in sorted(by_repo.items()):
+                await self.locks.write(
+                    tx, repo, release=sorted(owners), acquire=[], now=self.clock.now()
+                )
+        return sum(len(owners) for owners in by_repo.values())
+
     async def _close(self, tx: Tx, rnd: Round) -> None:
         """Release and acquire locks, write events, nodes and the execution row."""
         run = rnd.run
+        await self._keep_draining(tx, rnd)
         if rnd.release or rnd.acquire:
             await self.locks.write(
                 tx, run.ex.repo, release=rnd.release, acquire=rnd.acquire, now=rnd.now
@@ -142,7 +191,8 @@ class Stitcher:
         if rnd.cancel_jobs:
             await transition_jobs(
                 tx,
-                where=[runner_jobs.c.id.in_(rnd.cancel_jobs)],
+                # A job that began landing ends by itself, as its target branch says.
+                where=[runner_jobs.c.id.in_(rnd.cancel_jobs), runner_jobs.c.landing_at.is_(None)],
                 expected={JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING},
                 to=JobStatus.CANCELLED,
                 now=rnd.now,
@@ -203,6 +253,7 @@ class Stitcher:
             (n for n in run.blocked_by if run.nodes[n].blocked_since <= starved_since),  # type: ignore[operator]
             key=lambda n: run.nodes[n].blocked_since,  # type: ignore[arg-type, return-value]
         )
+        await self._keep_draining(tx, rnd)
         table = await self.locks.table(tx, ex.repo)
         for owner in rnd.release:  # released earlier in this round
             table.release(owner)
@@ -300,6 +351,8 @@ class Stitcher:
         blocked = {n: c for n, c in blocked.items() if c}
         holders = {c.holder for conflicts in blocked.values() for c in conflicts}
         live = await self.locks.live_owners(tx, holders, known_running=self._running_owners())
+        # A node's locks are always released: when its job ends and its processes are gone.
+        live |= {h for h in holders if not h.startswith(HOLD_PREFIX)}
         waits = {str(run.ex.id): {h.split("/", 1)[0] for h in holders}}
         deadlock = find_deadlock(
             running=len(run.running),
@@ -501,13 +554,15 @@ class Stitcher:
 
 def node_job(node: PlanNode, repo: str) -> NewJob:
     """The job that runs a plan node. An agent task gets the node's claims and mode, which
-    its claims gate enforces, and the execution's repository when that is a path."""
+    its claims gate enforces, and the execution's repository: always what the scheduler
+    locked, never what the payload says (plan validation refuses a payload that differs).
+    An execution on a plain name gives an agent task no repository it could run in, so the
+    job's own validation refuses it."""
     payload = dict(node.payload)
     if node.job_type in AGENT_JOB_TYPES:
-        payload.setdefault("claims", list(node.claims))
-        payload.setdefault("mode", node.mode.value)
-        if repo.startswith("/"):
-            payload.setdefault("repo", repo)
+        payload["claims"] = list(node.claims)
+        payload["mode"] = node.mode.value
+        payload["repo"] = repo
     issue_ref = payload.get("issue_ref")
     return NewJob(
         type=node.job_type,

@@ -321,10 +321,25 @@ class SqlJobStore(LeaseOperations):
         """Cancel a pending, queued or running job; returns it and its previous status.
 
         A running job's worker is told separately (``QueueBackend.notify_cancelled``); its late
-        result is then dropped by the compare-and-set."""
+        result is then dropped by the compare-and-set.
+
+        A job that began landing its change (``landing_at``) is refused: its target branch,
+        not a cancellation, decides how it ends (completed with the landed commit, or failed).
+        """
         async with self.writer.write() as tx:
             job = await self._locked(tx.conn, job_id, workspace_id)
             check_transition(job.id, job.status, JobStatus.CANCELLED)
+            landing = await tx.conn.execute(
+                select(runner_jobs.c.landing_at).where(runner_jobs.c.id == job.id)
+            )
+            if landing.scalar_one_or_none() is not None:
+                raise InvalidTransition(
+                    job.id,
+                    job.status.value,
+                    JobStatus.CANCELLED.value,
+                    reason="it has begun landing its change on its target branch; it ends as "
+                    "completed (the change landed) or failed on its own",
+                )
             now = self.clock.now()
             moved = await transition_jobs(
                 tx,

@@ -14,10 +14,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from sqlalchemy import BindParameter, bindparam, case, null, select, update
+from sqlalchemy import BindParameter, bindparam, case, func, null, select, update
 
 from stitchwork.domain.events import EventType
 from stitchwork.domain.jobs import Job, JobStatus
+from stitchwork.storage.processes import live_group_of
 from stitchwork.storage.rows import EventWriter, event_row, insert_events, transition_jobs
 from stitchwork.storage.tables import runner_jobs
 from stitchwork.storage.types import json_type
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from stitchwork.storage.db import Database
 
 RUNNING = frozenset({JobStatus.RUNNING})
+# Extra attempts a job that began landing gets after its last one, to find out how it ended.
+RECOVERY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,22 @@ class LeaseOperations:
                 ],
             )
         return True
+
+    async def mark_landing(self, job_id: UUID, worker_id: str, landing: bool) -> bool:
+        """Mark that the job is about to move its target branch (``landing``), or that it
+        found for sure that its change did not land (not ``landing``); False if the job is no
+        longer this worker's. While marked, the job cannot be cancelled, and a crash re-queues
+        it for a recovery attempt instead of failing it (see ``expire_leases``)."""
+        now = self.clock.now()
+        value = func.coalesce(runner_jobs.c.landing_at, now) if landing else None
+        stmt = (
+            update(runner_jobs)
+            .where(*self._held(job_id, worker_id), runner_jobs.c.status == JobStatus.RUNNING.value)
+            .values(landing_at=value, updated_at=now)
+            .returning(runner_jobs.c.id)
+        )
+        async with self.writer.write() as tx:
+            return (await tx.conn.execute(stmt)).first() is not None
 
     async def complete_jobs(
         self, worker_id: str, results: Mapping[UUID, dict[str, Any] | None]
@@ -242,21 +261,36 @@ class LeaseOperations:
             await self.writer.enqueued(tx, released)
         return released
 
-    async def expire_leases(self, *, actor: str, limit: int = 500) -> SweepResult:
+    async def expire_leases(
+        self, *, actor: str, limit: int = 500, host_grace: timedelta | None = None
+    ) -> SweepResult:
         """Re-queue running jobs whose lease expired (their worker is gone) with attempt + 1,
-        or fail them when no attempt is left. Safe to run from many processes at once."""
+        or fail them when no attempt is left. Safe to run from many processes at once.
+
+        With ``host_grace``, a job that still has a recorded process group on a host seen
+        within that time is left alone: the group may still be writing, and that host's
+        janitor kills it (see ``runtime/janitor.py``); the job is swept once it is gone.
+
+        A job that began landing (``landing_at``) and has no attempt left is re-queued anyway,
+        up to ``RECOVERY_ATTEMPTS`` more times: only its next attempt can read off the target
+        branch whether the change landed, so failing it here could contradict the target.
+        """
         now = self.clock.now()
+        conditions = [
+            runner_jobs.c.status == JobStatus.RUNNING.value,
+            runner_jobs.c.lease_expires_at < now,
+        ]
+        if host_grace is not None:
+            conditions.append(~live_group_of(runner_jobs.c.id, seen_after=now - host_grace))
         candidates = (
             select(
                 runner_jobs.c.id,
                 runner_jobs.c.lease_owner,
                 runner_jobs.c.attempt,
                 runner_jobs.c.max_attempts,
+                runner_jobs.c.landing_at,
             )
-            .where(
-                runner_jobs.c.status == JobStatus.RUNNING.value,
-                runner_jobs.c.lease_expires_at < now,
-            )
+            .where(*conditions)
             .order_by(runner_jobs.c.lease_expires_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -274,7 +308,13 @@ class LeaseOperations:
                     runner_jobs.c.lease_expires_at < now,
                 ]
                 payload = {"reason": "lease_expired", "previous_owner": row.lease_owner}
-                if row.attempt < row.max_attempts:
+                recovering = (
+                    row.landing_at is not None
+                    and row.attempt < row.max_attempts + RECOVERY_ATTEMPTS
+                )
+                if recovering and row.attempt >= row.max_attempts:
+                    payload["recovery"] = "the attempt had begun landing its change"
+                if row.attempt < row.max_attempts or recovering:
                     requeued += await transition_jobs(
                         tx,
                         where=where,
@@ -299,6 +339,11 @@ class LeaseOperations:
                         f"worker {row.lease_owner} stopped responding (lease expired) "
                         f"on attempt {row.attempt} of {row.max_attempts}"
                     )
+                    if row.landing_at is not None:
+                        error += (
+                            f" and in {RECOVERY_ATTEMPTS} recovery attempts: it had begun "
+                            "landing, so check its target branch for its Stitchwork-Job trailer"
+                        )
                     failed += await transition_jobs(
                         tx,
                         where=where,

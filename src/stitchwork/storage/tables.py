@@ -81,6 +81,9 @@ runner_jobs = Table(
     # Set when the job runs a node of an execution (migration 0004).
     Column("execution_id", Uuid),
     Column("node_id", String(200)),
+    # Set when an agent task starts moving its target branch; a crash from then on leaves the
+    # outcome to be read off the target, never guessed (migration 0005).
+    Column("landing_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("queued_at", UTCDateTime),
     Column("started_at", UTCDateTime),
@@ -258,4 +261,38 @@ resource_locks = Table(
     Column("acquired_at", UTCDateTime, nullable=False),
     Index("ix_resource_locks_repo", "repo"),
     Index("ix_resource_locks_owner", "owner"),
+)
+
+_OPEN = text("ended_at IS NULL")
+
+# Every process group a job's handler starts, so that a process outliving its worker is found
+# and killed, and its job's claims stay held meanwhile (migration 0005). ``owner_pid`` and
+# ``owner_start`` name the worker process; ``pgid`` and ``leader_start`` the group.
+job_processes = Table(
+    "job_processes",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("job_id", Uuid, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", String(200), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("boot_id", String(64), nullable=False),
+    Column("pgid", Integer, nullable=False),
+    Column("leader_start", BigInteger),
+    Column("owner_pid", Integer, nullable=False),
+    Column("owner_start", BigInteger),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Index("ix_job_processes_open_host", "host", postgresql_where=_OPEN, sqlite_where=_OPEN),
+    Index("ix_job_processes_open_job", "job_id", postgresql_where=_OPEN, sqlite_where=_OPEN),
+)
+
+# Hosts whose stitchwork processes are alive: each ``serve``/``worker`` refreshes its host's
+# row. A recorded process group on a host not seen for a while is presumed gone with it.
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("boot_id", String(64), nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
 )
