@@ -60,3 +60,11 @@ def log(repo: Path, branch: str = "main") -> list[str]:
 
 def show(repo: Path, ref: str, path: str) -> str:
     return git(repo, "show", f"{ref}:{path}")
+
+
+def human_commit(repo: Path, where: Path, path: str, content: str) -> None:
+    """Someone lands a commit on main meanwhile (through a worktree of their own)."""
+    git(repo, "worktree", "add", "-q", str(where), "main")
+    (where / path).write_text(content)
+    git(where, "commit", "-q", "-am", "human edit")
+    git(repo, "worktree", "remove", str(where))

@@ -18,7 +18,7 @@ from stitchwork.domain.steps import StepPhase, StepStatus, StepType
 from stitchwork.errors import GuardRailDenied, InvalidRequest
 from stitchwork.runtime.engine import Engine
 from tests.conftest import Backend
-from tests.contract.agent_repos import git, log, make_repo, show
+from tests.contract.agent_repos import git, human_commit, log, make_repo, show
 from tests.contract.helpers import running_worker, wait_for_status, wait_until
 
 ACTOR = "test"
@@ -67,14 +67,6 @@ async def wait_for_agent(engine: Engine, job: Job) -> None:
 def wait_for(flag: Path) -> dict[str, str]:
     """A script action that waits until the test creates ``flag`` (at most 60 s)."""
     return {"run": f"for i in $(seq 600); do [ -e '{flag}' ] && exit 0; sleep 0.1; done; exit 1"}
-
-
-def human_commit(repo: Path, where: Path, path: str, content: str) -> None:
-    """Someone lands a commit on main meanwhile (through a worktree of their own)."""
-    git(repo, "worktree", "add", "-q", str(where), "main")
-    (where / path).write_text(content)
-    git(where, "commit", "-q", "-am", "human edit")
-    git(repo, "worktree", "remove", str(where))
 
 
 def worktrees_dir(engine: Engine) -> Path:

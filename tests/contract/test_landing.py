@@ -20,7 +20,7 @@ from stitchwork.runner.trailers import commit_message
 from stitchwork.runner.worktrees import Worktree, Worktrees
 from stitchwork.runtime.engine import Engine
 from tests.conftest import Backend
-from tests.contract.agent_repos import git, log, make_repo, show
+from tests.contract.agent_repos import git, human_commit, log, make_repo, show
 from tests.contract.helpers import running_worker, wait_for_status
 
 DONE = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -29,12 +29,8 @@ SCRIPT = [{"append": "notes.txt", "content": "the task's line\n"}]
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def engine(sqlite_backend: Backend, clock: FakeClock) -> AsyncIterator[Engine]:
+    """SQLite, on the contract suite's fake clock (leases expire when a test says so)."""
     eng = await sqlite_backend.open_engine(clock=clock)
     try:
         yield eng
@@ -50,7 +46,7 @@ async def ws(engine: Engine) -> uuid.UUID:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "repo", {"notes.txt": "start\n"})
+    return make_repo(tmp_path / "repo", {"notes.txt": "start\n", "other.txt": "other\n"})
 
 
 async def submit(
@@ -290,12 +286,7 @@ async def test_a_branch_rebased_before_the_crash_counts_its_changes_from_its_new
     the retry's claims gate sees only the task's own change, not the target's new commits."""
     job = await submit(engine, ws, repo, claims=["notes.txt"])
     wt, _ = await committed_earlier(engine, repo, job)
-    other = tmp_path / "other"
-    git(repo, "worktree", "add", "-q", "--detach", str(other), "main")
-    (other / "other.txt").write_text("someone else's file\n")
-    git(other, "add", "-A")
-    git(other, "commit", "-qm", "someone else's work")
-    git(repo, "update-ref", "refs/heads/main", git(other, "rev-parse", "HEAD"))
+    human_commit(repo, tmp_path / "human", "other.txt", "someone else's edit\n")
     git(wt.path, "rebase", "-q", "main")
 
     done = await run(engine, job)
@@ -304,4 +295,4 @@ async def test_a_branch_rebased_before_the_crash_counts_its_changes_from_its_new
     assert done.result is not None
     assert done.result["changed"] == ["notes.txt"]
     assert show(repo, "main", "notes.txt") == "start\nthe task's line"
-    assert show(repo, "main", "other.txt") == "someone else's file"
+    assert show(repo, "main", "other.txt") == "someone else's edit"

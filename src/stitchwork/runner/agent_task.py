@@ -199,12 +199,12 @@ class AgentTaskRunner:
             if not failures:
                 return run.result(merged=False, summary=run.summary)
             if recovery:
-                raise self._unlanded(ctx, run, "its branch's commits fail their gates")
+                raise _unlanded(run, "its branch's commits fail their gates")
             prompt = prior_work_prompt(
                 payload.prompt, run.prior, [_failure(r) for r in run.gates if not r.passed]
             )
         elif recovery:
-            raise self._unlanded(ctx, run, "its branch holds no commit to land")
+            raise _unlanded(run, "its branch holds no commit to land")
         limit = run.config.max_gate_attempts
         for attempt in range(1, limit + 1):
             run.attempts = attempt
@@ -244,16 +244,6 @@ class AgentTaskRunner:
                 revalidate=revalidate,
             )
         return run.result(**landed)
-
-    def _unlanded(self, ctx: JobContext, run: _Run, why: str) -> JobFailed:
-        """A recovery attempt (after the attempts ran out while one was landing) that finds
-        the change neither on the target nor landable: the job fails, and says so."""
-        return JobFailed(
-            f"recovery after a crash while landing: {run.target} does not hold this job's "
-            f"change and {why}; its commits, if any, stay on {run.wt.branch}",
-            result=run.result(worktree=str(run.wt.path)),
-            retryable=False,
-        )
 
     async def _agent(
         self, ctx: JobContext, payload: AgentTaskPayload, run: _Run, prompt: str, attempt: int
@@ -351,6 +341,17 @@ class AgentTaskRunner:
         return (
             f"removed {run.wt.path}; kept {run.wt.branch}, whose commits are on no other branch\n"
         )
+
+
+def _unlanded(run: _Run, why: str) -> JobFailed:
+    """A recovery attempt (after the attempts ran out while one was landing) that finds the
+    change neither on the target nor landable: the job fails, and says so."""
+    return JobFailed(
+        f"recovery after a crash while landing: {run.target} does not hold this job's "
+        f"change and {why}; its commits, if any, stay on {run.wt.branch}",
+        result=run.result(worktree=str(run.wt.path)),
+        retryable=False,
+    )
 
 
 def _failure(result: GateResult) -> GateFailure:
