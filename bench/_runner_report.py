@@ -17,6 +17,7 @@ from queue_report import load_average, percentile, stitchwork_source
 
 OVERHEAD_TARGET_S = 1.5  # per job, agent and gate time excluded, 10,000-file repository
 WORKTREE_CREATE_TARGET_S = 1.0  # "well under a second"
+SANDBOX_TARGET_S = 0.05  # added per command by bubblewrap
 PARALLEL_TARGET_JOBS = 8
 PARALLEL_TARGET_CORES = 2
 
@@ -115,9 +116,25 @@ class WorktreeFigures:
 
 
 @dataclass
+class SandboxFigures:
+    """One command (``true``) started by ``run_process`` as a gate or an agent starts it:
+    unconfined, and in a task's sandbox (bwrap, the task's walls, no network)."""
+
+    repeats: int
+    plain: Spread
+    sandboxed: Spread
+    sandbox: str  # what confined it ("bwrap 0.8.0"), or why nothing could
+
+    @property
+    def added_p50_s(self) -> float:
+        return self.sandboxed.p50_s - self.plain.p50_s
+
+
+@dataclass
 class Report:
     machine: dict[str, str]
     workload: dict[str, Any]
+    sandbox: SandboxFigures | None = None
     worktrees: WorktreeFigures | None = None
     sequential: RunFigures | None = None
     parallel: RunFigures | None = None
@@ -313,6 +330,21 @@ def render(report: Report) -> str:
             f"  info  overhead per job, parallel: {run.spread('overhead_s')} "
             "(includes waiting for the CPU and the merge lock)"
         )
+    if report.sandbox is not None:
+        box = report.sandbox
+        lines += [
+            "",
+            f"One command (`true`) through run_process, {box.repeats} times each ({box.sandbox})",
+            f"  unconfined     {box.plain}",
+            f"  sandboxed      {box.sandboxed}",
+        ]
+        targets.append(
+            _target(
+                "the sandbox adds under 50 ms per command, p50",
+                box.added_p50_s < SANDBOX_TARGET_S,
+                f"{box.added_p50_s * 1000:.1f} ms (target < {SANDBOX_TARGET_S * 1000:g} ms)",
+            )
+        )
     lines += ["", "Targets", *targets]
     return "\n".join(lines)
 
@@ -370,6 +402,12 @@ def as_json(report: Report) -> dict[str, Any]:
             "p50": report.worktrees.create.p50_s,
             "best": report.worktrees.create.min_s,
             "met": report.worktrees.create.p50_s < WORKTREE_CREATE_TARGET_S,
+        }
+    if report.sandbox is not None:
+        targets["sandbox_added_s_per_command"] = {
+            "target": SANDBOX_TARGET_S,
+            "p50": report.sandbox.added_p50_s,
+            "met": report.sandbox.added_p50_s < SANDBOX_TARGET_S,
         }
     data["targets"] = targets
     data["failed"] = report.failed

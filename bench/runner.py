@@ -14,9 +14,12 @@ step(s) - the wall time of the ``gate`` steps (the gates of an attempt run in pa
   (SQLite job store), each editing one file of its own directory (claims ``<dir>/**``).
 * Parallel: ``--parallel`` tasks submitted at once, then a worker of that concurrency; every
   one must complete and land (otherwise the errors print and the exit status is 1).
+* Sandbox: one command (``true``) started ``--command-repeat`` times as a gate starts it,
+  unconfined and in a task's bubblewrap sandbox: what confinement adds per command. The jobs
+  above run sandboxed too (``STITCHWORK_SANDBOX=auto``), as they do by default.
 
 The merge lock's wait and hold times are measured by wrapping (not replacing)
-``stitchwork.runner.merge.repo_lock`` and the runner's ``integrate`` for the run.
+``stitchwork.runner.merge.repo_lock`` and the lander's ``integrate`` for the run.
 
 Run: ``.venv/bin/python bench/runner.py [--jobs 10] [--parallel 8] [--json PATH]``.
 """
@@ -49,6 +52,7 @@ from _runner_report import (
     JobFigures,
     Report,
     RunFigures,
+    SandboxFigures,
     Spread,
     WorktreeFigures,
     as_json,
@@ -61,7 +65,9 @@ from queue_report import load_average
 from stitchwork.config import Settings
 from stitchwork.domain.jobs import TERMINAL_JOB_STATUSES, JobStatus, NewJob
 from stitchwork.domain.steps import Step, StepStatus, StepType
-from stitchwork.runner import agent_task, merge
+from stitchwork.runner import landing, merge
+from stitchwork.runner.process import run_process
+from stitchwork.runner.sandbox import Confinement
 from stitchwork.runner.worktrees import Worktrees
 from stitchwork.runtime.engine import Engine
 from stitchwork.storage.tables import runner_jobs
@@ -205,7 +211,7 @@ def timed_merge_lock(samples: dict[str, list[tuple[float, float]]]) -> Iterator[
     ``integrate`` looks ``repo_lock`` up in its module at call time and the runner looks
     ``integrate`` up in its own; both wrappers call the real function.
     """
-    real_lock, real_integrate = merge.repo_lock, agent_task.integrate
+    real_lock, real_integrate = merge.repo_lock, landing.integrate
 
     async def integrate(repo: Path, wt: Any, **kwargs: Any) -> Any:
         token = _integrating.set(wt.job_id)
@@ -225,11 +231,11 @@ def timed_merge_lock(samples: dict[str, list[tuple[float, float]]]) -> Iterator[
                 held = time.perf_counter() - got
                 samples.setdefault(_integrating.get() or "?", []).append((got - asked, held))
 
-    merge.repo_lock, agent_task.integrate = repo_lock, integrate  # type: ignore[assignment]
+    merge.repo_lock, landing.integrate = repo_lock, integrate  # type: ignore[assignment]
     try:
         yield
     finally:
-        merge.repo_lock, agent_task.integrate = real_lock, real_integrate
+        merge.repo_lock, landing.integrate = real_lock, real_integrate
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -448,12 +454,35 @@ async def open_engine(data_dir: Path) -> AsyncIterator[Engine]:
         database_url=f"sqlite+aiosqlite:///{data_dir / 'bench.db'}",
         data_dir=data_dir,
         work_dir=data_dir / "work",
+        repo_roots=[data_dir.parent],  # the benchmark's repository lives beside its data
     )
     engine = await Engine.open(settings)
     try:
         yield engine
     finally:
         await engine.close()
+
+
+async def bench_sandbox(engine: Engine, repo: Path, repeats: int) -> SandboxFigures:
+    """``true`` through ``run_process``, unconfined and in a task's sandbox (the walls of a
+    gate: the worktree writable, ``.git`` readable, the data dir and roots hidden)."""
+    confinement = engine.confinement
+    walls = Confinement(writable=(repo,), readonly=(repo / ".git",), network=False)
+    wrap = confinement.wrapper(walls, repo)
+    env = confinement.env()
+    times: dict[str, list[float]] = {"plain": [], "sandboxed": []}
+    for _ in range(repeats):
+        for name, how in (("plain", None), ("sandboxed", wrap)):
+            t0 = time.perf_counter()
+            done = await run_process(["true"], cwd=repo, env=env, wrap=how)
+            times[name].append(time.perf_counter() - t0)
+            assert done.returncode == 0, done.output_tail
+    problem = confinement.sandbox.problem()
+    version = await asyncio.to_thread(
+        subprocess.run, ["bwrap", "--version"], capture_output=True, text=True, check=False
+    )
+    what = problem or (version.stdout.strip() if wrap is not None else "sandbox off")
+    return SandboxFigures(repeats, Spread.of(times["plain"]), Spread.of(times["sandboxed"]), what)
 
 
 async def main(args: argparse.Namespace, logged: Counter[str]) -> Report:
@@ -486,6 +515,9 @@ async def main(args: argparse.Namespace, logged: Counter[str]) -> Report:
             )
         async with open_engine(tmp / "data") as engine:
             ws, _ = await engine.auth.ensure_workspace("default")
+            if args.command_repeat:
+                print(f"[sandbox] one command x{args.command_repeat} ...", flush=True)
+                report.sandbox = await bench_sandbox(engine, repo, args.command_repeat)
             if args.jobs:
                 print(f"[sequential] {args.jobs} jobs ...", flush=True)
                 report.sequential = await run_tasks(
@@ -538,6 +570,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds a run may take before it fails"
+    )
+    parser.add_argument(
+        "--command-repeat",
+        type=int,
+        default=50,
+        help="commands timed unconfined and sandboxed (0: skip)",
     )
     parser.add_argument(
         "--cpus",

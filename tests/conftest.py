@@ -7,8 +7,10 @@ by skipping. Set ``STITCHWORK_TEST_POSTGRES_URL`` to point them elsewhere.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -120,6 +122,8 @@ async def _pg_schema(action: str, schema: str) -> None:
 def _data_dir_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test writes to the user's data dir (credentials, agent worktrees)."""
     monkeypatch.setenv("STITCHWORK_DATA_DIR", str(tmp_path / "data"))
+    # Tests make their repositories in the system temp dir: that is their repository root.
+    monkeypatch.setenv("STITCHWORK_REPO_ROOTS", json.dumps([tempfile.gettempdir()]))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

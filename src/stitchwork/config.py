@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, field_validator, model_validator
@@ -127,6 +130,28 @@ class Settings(BaseSettings):
         description="job type -> queue name; types not listed go to the 'default' queue",
     )
 
+    # Confinement (docs/security.md).
+    sandbox: Literal["auto", "off"] = Field(
+        default="auto",
+        description=(
+            "auto: every command a job starts runs under bubblewrap, and jobs are refused "
+            "when it cannot; off: no sandbox (logged at start, shown by /api/v1/health)"
+        ),
+    )
+    repo_roots: list[Path] = Field(
+        default_factory=lambda: [Path.home()],
+        description=(
+            "directories repositories (agent tasks' repo, shell jobs' cwd) must be inside; "
+            "JSON list"
+        ),
+    )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description=(
+            "server environment variables every job's commands get (never STITCHWORK_*); JSON list"
+        ),
+    )
+
     # Chat (docs/chat.md). JSON-valued settings are JSON in the environment.
     chat_bot_name: str = Field(
         default="stitch",
@@ -217,6 +242,26 @@ class Settings(BaseSettings):
         if value < timedelta(0):
             raise ValueError("must not be negative")
         return value
+
+    @field_validator("repo_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        if not roots:
+            raise ValueError("give at least one directory (no job could name a repository)")
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"{str(root)[:200]!r} is not an absolute path")
+        return [Path(os.path.normpath(root)) for root in roots]
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name[:64]!r} is not an environment variable name")
+            if name.startswith("STITCHWORK_"):
+                raise ValueError(f"{name} is the server's own setting: it never reaches a job")
+        return names
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

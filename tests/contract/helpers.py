@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -42,6 +44,23 @@ async def wait_for_status(
         return job if job.status in statuses else None
 
     return await wait_until(probe, what=f"job {job_id} to be {'/'.join(statuses)}", timeout=timeout)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live (not zombie) ``sleep <marker>`` processes, as the host sees them (a sandboxed
+    command's own pids are those of its PID namespace)."""
+    found: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        if cmdline == f"sleep {marker} " and stat[stat.rindex(")") + 2] != "Z":
+            found.append(int(name))
+    return found
 
 
 async def event_types(engine: Engine, job_id: UUID) -> list[str]:

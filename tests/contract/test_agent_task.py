@@ -19,7 +19,7 @@ from stitchwork.errors import GuardRailDenied, InvalidRequest
 from stitchwork.runtime.engine import Engine
 from tests.conftest import Backend
 from tests.contract.agent_repos import git, human_commit, log, make_repo, show
-from tests.contract.helpers import running_worker, wait_for_status, wait_until
+from tests.contract.helpers import marked_pids, running_worker, wait_for_status, wait_until
 
 ACTOR = "test"
 DONE = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -64,9 +64,17 @@ async def wait_for_agent(engine: Engine, job: Job) -> None:
     await wait_until(started, what="the agent step to start", timeout=15)
 
 
-def wait_for(flag: Path) -> dict[str, str]:
-    """A script action that waits until the test creates ``flag`` (at most 60 s)."""
-    return {"run": f"for i in $(seq 600); do [ -e '{flag}' ] && exit 0; sleep 0.1; done; exit 1"}
+def wait_for(name: str) -> dict[str, str]:
+    """A script action that waits (at most 60 s) until the test creates the file ``name`` in
+    the repository's ``.git`` (``go(repo, name)``): the one place outside its worktree that
+    the agent's sandbox shows it, read-only."""
+    probe = f'[ -e "$(git rev-parse --git-common-dir)/{name}" ]'
+    return {"run": f"for i in $(seq 600); do {probe} && exit 0; sleep 0.1; done; exit 1"}
+
+
+def go(repo: Path, name: str) -> None:
+    """Let a script that ``wait_for(name)`` go on."""
+    (repo / ".git" / name).touch()
 
 
 def worktrees_dir(engine: Engine) -> Path:
@@ -219,13 +227,13 @@ async def test_a_merge_conflict_fails_cleanly_naming_the_paths(
         ws,
         repo,
         claims=["shared.txt"],
-        script=[wait_for(tmp_path / "go"), {"write": "shared.txt", "content": "from the agent\n"}],
+        script=[wait_for("go"), {"write": "shared.txt", "content": "from the agent\n"}],
     )
     async with running_worker(engine):
         await wait_for_agent(engine, job)
         # Meanwhile someone lands a different change to the same file on main.
         human_commit(repo, tmp_path / "other", "shared.txt", "from a human\n")
-        (tmp_path / "go").touch()  # now the agent goes on
+        go(repo, "go")  # now the agent goes on
         main_before = git(repo, "rev-parse", "main")
         done = await wait_for_status(engine, job.id, *DONE, timeout=30)
     assert done.status is JobStatus.FAILED
@@ -241,14 +249,14 @@ async def test_cancelling_a_running_agent_kills_its_process_group_and_cleans_up(
     engine: Engine, ws: uuid.UUID, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
-    pids = tmp_path / "pids"
-    script = f"(sleep 300 & echo $! >> {pids}); echo $$ >> {pids}; sleep 300"
+    marker = f"300.{uuid.uuid4().int % 10**6:06d}"  # names its processes in the process table
+    script = f"sleep {marker} & sleep {marker}"
     job = await submit(engine, ws, repo, claims=["a.txt"], script=[{"run": script}])
     async with running_worker(engine):
 
         async def both_pids() -> list[int]:
-            lines = pids.read_text().split() if pids.exists() else []
-            return [int(p) for p in lines] if len(lines) == 2 else []
+            found = marked_pids(marker)
+            return found if len(found) == 2 else []
 
         started = await wait_until(both_pids, what="the agent's processes", timeout=15)
         await engine.jobs.cancel(ws, job.id, actor=ACTOR, reason="test")
@@ -360,12 +368,12 @@ async def test_rebased_work_passes_its_gates_again_before_it_lands(
         repo,
         prompt="Edit a",
         claims=["a.txt"],
-        script=[wait_for(tmp_path / "go"), {"write": "a.txt", "content": "agent\n"}],
+        script=[wait_for("go"), {"write": "a.txt", "content": "agent\n"}],
     )
     async with running_worker(engine):
         await wait_for_agent(engine, job)
         human_commit(repo, tmp_path / "other", "b.txt", "human\n")
-        (tmp_path / "go").touch()  # now the agent goes on
+        go(repo, "go")  # now the agent goes on
         done = await wait_for_status(engine, job.id, *DONE, timeout=30)
     assert done.status is JobStatus.COMPLETED, done.error
     assert log(repo) == ["Edit a", "human edit", "initial"]  # linear: rebased, fast-forwarded

@@ -85,9 +85,9 @@ async def test_pull_dispatch_hands_out_only_one_of_a_dotted_directory_and_its_fi
 async def test_a_hold_on_a_dotted_directory_blocks_its_files_in_that_checkout(
     engine: Engine, workspace_id: uuid.UUID, checkout: Path
 ) -> None:
-    await engine.executions.hold(str(checkout), "alice", [("lib/v1.2", WRITE)])
+    await engine.executions.hold(workspace_id, str(checkout), "alice", [("lib/v1.2", WRITE)])
     with pytest.raises(Conflict, match="hold:alice"):
-        await engine.executions.hold(str(checkout), "bob", [("lib/v1.2/x.py", WRITE)])
+        await engine.executions.hold(workspace_id, str(checkout), "bob", [("lib/v1.2/x.py", WRITE)])
     ex = await engine.executions.create(
         workspace_id, plan(NODES[1:]), actor=ACTOR, repo=str(checkout), start=True
     )
@@ -110,11 +110,11 @@ async def test_a_refused_first_hold_leaves_a_new_repository_fully_usable(
 ) -> None:
     repo = "never-used-before"
     with pytest.raises(InvalidClaim):
-        await engine.executions.hold(repo, "eve", [("../etc", WRITE)])
+        await engine.executions.hold(workspace_id, repo, "eve", [("../etc", WRITE)])
 
-    held = await engine.executions.hold(repo, "alice", [("src/", WRITE)])
+    held = await engine.executions.hold(workspace_id, repo, "alice", [("src/", WRITE)])
     assert [(h.claim, h.mode) for h in held] == [("src/", WRITE)]
-    assert await engine.executions.release_hold(repo, "alice") == 1
+    assert await engine.executions.release_hold(workspace_id, repo, "alice") == 1
 
     jobs = await engine.executions.create(
         workspace_id,
@@ -142,10 +142,12 @@ async def test_a_refused_first_hold_leaves_a_new_repository_fully_usable(
 
 
 async def test_a_hold_whose_transaction_rolls_back_leaves_no_lock_in_memory(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, workspace_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await engine.executions.hold("fresh", "first", [("docs/", WRITE)])  # the table is cached
-    assert await engine.executions.release_hold("fresh", "first") == 1
+    await engine.executions.hold(
+        workspace_id, "fresh", "first", [("docs/", WRITE)]
+    )  # the table is cached
+    assert await engine.executions.release_hold(workspace_id, "fresh", "first") == 1
     store = engine.executions.stitcher.locks.store
     insert_locks = store.insert_locks
 
@@ -154,10 +156,10 @@ async def test_a_hold_whose_transaction_rolls_back_leaves_no_lock_in_memory(
 
     monkeypatch.setattr(store, "insert_locks", broken)
     with pytest.raises(RuntimeError):
-        await engine.executions.hold("fresh", "alice", [("src/**", WRITE)])
+        await engine.executions.hold(workspace_id, "fresh", "alice", [("src/**", WRITE)])
     monkeypatch.setattr(store, "insert_locks", insert_locks)
 
     # alice's claims were acquired in memory before the insert failed: none of it may stay.
-    held = await engine.executions.hold("fresh", "bob", [("src/a.ts", WRITE)])
+    held = await engine.executions.hold(workspace_id, "fresh", "bob", [("src/a.ts", WRITE)])
     assert [h.owner for h in held] == ["hold:bob"]
     assert [(r["owner"], r["claim"]) for r in await lock_rows(engine)] == [("hold:bob", "src/a.ts")]

@@ -242,7 +242,7 @@ def test_a_cyclic_plan_is_rejected_naming_the_cycle() -> None:
 async def test_a_hold_that_will_never_release_is_reported_as_a_deadlock(
     engine: Engine, workspace_id: uuid.UUID
 ) -> None:
-    await engine.executions.hold("default", "alice", [("src/**", LockMode.WRITE)])
+    await engine.executions.hold(workspace_id, "default", "alice", [("src/**", LockMode.WRITE)])
     p = plan([{"id": "edit", "claims": ["src/a.ts"]}, {"id": "later"}], [["edit", "later"]])
     ex = await engine.executions.create(workspace_id, p, actor=ACTOR, start=True)
     advanced = await engine.executions.stitcher.advance(ex.id)
@@ -254,7 +254,7 @@ async def test_a_hold_that_will_never_release_is_reported_as_a_deadlock(
     assert deadlock.payload["holders"] == ["hold:alice"]
     assert events[-1].type == "execution.paused"
     # Released by hand and resumed, the execution goes on.
-    assert await engine.executions.release_hold("default", "alice") == 1
+    assert await engine.executions.release_hold(workspace_id, "default", "alice") == 1
     resumed = await engine.executions.resume(workspace_id, ex.id, actor=ACTOR)
     assert {n.node_id: n.status for n in resumed.nodes}["edit"] == "running"
 
@@ -278,7 +278,7 @@ async def test_a_hold_on_taken_claims_is_refused_naming_the_holder(
     ex_id = await pull_execution(engine, workspace_id, plan([{"id": "a", "claims": ["lib/"]}]))
     await take(engine, workspace_id, ex_id)
     with pytest.raises(Conflict, match=f"{ex_id}/a"):
-        await engine.executions.hold("default", "bob", [("lib/x.py", LockMode.READ)])
+        await engine.executions.hold(workspace_id, "default", "bob", [("lib/x.py", LockMode.READ)])
     assert len(await lock_rows(engine)) == 1  # nothing of the refused hold was kept
 
 

@@ -192,22 +192,28 @@ async def test_earlier_commits_that_fail_their_gates_are_shown_to_the_agent(
 
 
 async def test_a_commit_whose_trailer_names_another_job_is_not_landed(
-    engine: Engine, ws: uuid.UUID, repo: Path
+    sqlite_backend: Backend, repo: Path
 ) -> None:
+    """In its sandbox an agent cannot commit at all (``.git`` is read-only); unconfined
+    (``STITCHWORK_SANDBOX=off``) it can, and a commit claiming another job is refused."""
     forged = (
         "git add -A && git -c user.name=a -c user.email=a@b commit -qm sneaky "
         "-m 'Stitchwork-Job: 01a1f000-0000-7000-8000-000000000009'"
     )
-    job = await submit(
-        engine,
-        ws,
-        repo,
-        attempts=1,
-        script=[{"write": "notes.txt", "content": "changed\n"}, {"run": forged}],
-    )
-    before = git(repo, "rev-parse", "main")
-
-    done = await run(engine, job)
+    engine = await sqlite_backend.open_engine(sandbox="off")
+    try:
+        ws = (await engine.auth.ensure_workspace("default"))[0].id
+        job = await submit(
+            engine,
+            ws,
+            repo,
+            attempts=1,
+            script=[{"write": "notes.txt", "content": "changed\n"}, {"run": forged}],
+        )
+        before = git(repo, "rev-parse", "main")
+        done = await run(engine, job)
+    finally:
+        await engine.close()
 
     assert done.status is JobStatus.FAILED
     assert "naming another job" in (done.error or "")

@@ -27,25 +27,9 @@ from stitchwork.runner.process import process_start_ticks
 from stitchwork.runtime.engine import Engine
 from stitchwork.runtime.janitor import ProcessJanitor, ThisProcess
 from stitchwork.storage.tables import job_processes, resource_locks
-from tests.contract.helpers import running_worker, wait_for_status, wait_until
+from tests.contract.helpers import marked_pids, running_worker, wait_for_status, wait_until
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def marked_pids(marker: str) -> list[int]:
-    """Live (not zombie) ``sleep <marker>`` processes."""
-    found: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        if cmdline == f"sleep {marker} " and stat[stat.rindex(")") + 2] != "Z":
-            found.append(int(name))
-    return found
 
 
 def wait_for(predicate: object, *, timeout_s: float, what: str) -> None:

@@ -24,6 +24,7 @@ from tests.conftest import QUEUE_BACKENDS, Backend, backend_named
 from tests.contract.helpers import (
     default_workspace,
     event_types,
+    marked_pids,
     running_worker,
     wait_for_status,
     wait_until,
@@ -47,15 +48,6 @@ async def _submit(
 
 async def _wait_running(engine: Engine, job_id: uuid.UUID) -> Job:
     return await wait_for_status(engine, job_id, JobStatus.RUNNING)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie waiting to be reaped by init counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # -- outcomes ----------------------------------------------------------------------------------
@@ -453,20 +445,26 @@ async def test_shell_output_tail_keeps_the_last_characters(
     assert job.result["output_tail"] == "".join(f"{i}\n" for i in range(1, 1001))[-12:]
 
 
-async def test_shell_command_list_runs_in_cwd_with_env_and_job_id(
-    engine: Engine, workspace_id: uuid.UUID, tmp_path: Path
+async def test_shell_command_list_runs_in_cwd_with_its_env_and_none_of_the_servers(
+    engine: Engine, workspace_id: uuid.UUID, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("SERVER_SECRET", "hunter2-not-for-jobs")
     job = await _run_shell(
         engine,
         workspace_id,
         {
-            "command": ["sh", "-c", 'echo "$FOO $STITCHWORK_JOB_ID"; pwd -P'],
+            "command": ["sh", "-c", 'echo "$FOO"; pwd -P; env | sort'],
             "env": {"FOO": "bar"},
             "cwd": str(tmp_path),
         },
     )
     assert job.result is not None
-    assert job.result["output_tail"] == f"bar {job.id}\n{tmp_path}\n"  # tmp_path is resolved
+    lines = job.result["output_tail"].splitlines()
+    assert lines[:2] == ["bar", str(tmp_path)]  # tmp_path is resolved
+    names = {line.split("=", 1)[0] for line in lines[2:]}
+    assert "SERVER_SECRET" not in names
+    assert not {n for n in names if n.startswith("STITCHWORK_")}
+    assert {"PATH", "HOME", "LANG", "FOO"} <= names
 
 
 async def test_shell_non_zero_exit_fails_with_the_result_stored(
@@ -491,50 +489,48 @@ async def test_shell_command_that_cannot_start_fails_without_retrying(
     assert failed.error.startswith("could not start command")
 
 
+def _marker() -> str:
+    """A ``sleep`` duration that names a test's processes in the host's process table."""
+    return f"30.{uuid.uuid4().int % 10**6:06d}"
+
+
 async def test_shell_timeout_kills_the_whole_process_group(
-    engine: Engine, workspace_id: uuid.UUID, tmp_path: Path
+    engine: Engine, workspace_id: uuid.UUID
 ) -> None:
-    pids = tmp_path / "pids"
-    command = f"sleep 30 & echo $! >> {pids}; sleep 30 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    marker = _marker()
+    command = f"sleep {marker} & sleep {marker} & sleep {marker}; wait"
     t0 = time.monotonic()
-    job = await _run_shell(engine, workspace_id, {"command": command, "timeout_s": 0.5})
-    assert time.monotonic() - t0 < 5
-    assert (job.status, job.error) == (JobStatus.FAILED, "command timed out after 0.5s")
+    job = await _run_shell(engine, workspace_id, {"command": command, "timeout_s": 1})
+    assert time.monotonic() - t0 < 6
+    assert (job.status, job.error) == (JobStatus.FAILED, "command timed out after 1s")
     assert job.result is not None
     assert job.result["timed_out"] is True
     assert job.result["exit_code"] != 0
-    children = [int(p) for p in pids.read_text().split()]
-    assert len(children) == 3
     # Every process of the group got the signal; give the kernel a moment to finish them off.
     await wait_until(
-        lambda: asyncio.sleep(0, not [p for p in children if _alive(p)]),
-        what=f"the command's processes {children} to be gone",
+        lambda: asyncio.sleep(0, not marked_pids(marker)),
+        what="the command's processes to be gone",
         timeout=2,
     )
 
 
 async def test_cancelling_a_shell_job_kills_its_process_group(
-    engine: Engine, workspace_id: uuid.UUID, tmp_path: Path
+    engine: Engine, workspace_id: uuid.UUID
 ) -> None:
-    pids = tmp_path / "pids"
+    marker = _marker()
     job = await _submit(
-        engine,
-        workspace_id,
-        "shell",
-        {"command": f"sleep 30 & echo $! >> {pids}; echo $$ >> {pids}; wait"},
+        engine, workspace_id, "shell", {"command": f"sleep {marker} & sleep {marker}; wait"}
     )
     async with running_worker(engine) as worker:
         await _wait_running(engine, job.id)
         await wait_until(
-            lambda: asyncio.sleep(0, pids.exists() and len(pids.read_text().split()) == 2),
-            what="the command to start",
+            lambda: asyncio.sleep(0, len(marked_pids(marker)) == 2), what="the command to start"
         )
         await engine.jobs.cancel(workspace_id, job.id, actor=ACTOR)
         await wait_until(lambda: asyncio.sleep(0, not worker.running_job_ids), what="stop")
-    started = [int(p) for p in pids.read_text().split()]
     await wait_until(
-        lambda: asyncio.sleep(0, not [p for p in started if _alive(p)]),
-        what=f"the command's processes {started} to be gone",
+        lambda: asyncio.sleep(0, not marked_pids(marker)),
+        what="the command's processes to be gone",
         timeout=2,
     )
     assert (await engine.store.get_job(job.id)).status is JobStatus.CANCELLED

@@ -90,7 +90,8 @@ class Repl:
 
 @pytest.fixture
 async def repl(tmp_path: Path) -> AsyncIterator[tuple[Repl, Path, Path]]:
-    go = tmp_path / "go-ahead"
+    # In the repository's .git: the agent's sandbox shows it that (read-only), not tmp_path.
+    go = tmp_path / "app" / ".git" / "go-ahead"
     repo = make_repo(
         tmp_path / "app",
         {"agent.sh": AGENT_SCRIPT, "README.md": "app\n"},

@@ -6,7 +6,7 @@ workspace (a fresh key), so tests can prove that one workspace never sees anothe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 
 import httpx
@@ -29,9 +29,16 @@ def _client(engine: Engine, key: str | None) -> httpx.AsyncClient:
     )
 
 
-async def workspace_key(engine: Engine, workspace: str, name: str = "test") -> str:
-    """A new clear API key for ``workspace`` (created if missing)."""
-    _, key = await engine.auth.create_key(workspace, name)
+async def workspace_key(
+    engine: Engine,
+    workspace: str,
+    name: str = "test",
+    role: str = "admin",
+    scopes: Sequence[str] = (),
+) -> str:
+    """A new clear API key for ``workspace`` (created if missing). Admin unless ``role``
+    says otherwise: most tests are about what the API does, not who may ask."""
+    _, key = await engine.auth.create_key(workspace, name, role, scopes)
     return key
 
 

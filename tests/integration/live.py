@@ -51,7 +51,7 @@ class LiveServer:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=15)
 
     async def new_key(self, workspace: str) -> tuple[UUID, str]:
-        record, key = await self.engine.auth.create_key(workspace, "stream-tests")
+        record, key = await self.engine.auth.create_key(workspace, "stream-tests", "admin")
         return record.workspace_id, key
 
     async def submit(self, job_type: str = "emit", **payload: Any) -> dict[str, Any]:
@@ -83,7 +83,7 @@ async def live_server(
     overrides.setdefault("sse_ping_interval", timedelta(seconds=PING_S))
     engine = await backend.open_engine(**overrides)
     try:
-        record, key = await engine.auth.create_key("default", "stream-tests")
+        record, key = await engine.auth.create_key("default", "stream-tests", "admin")
         async with run_embedded(engine, host="127.0.0.1", port=0, with_worker=with_worker) as run:
             yield LiveServer(engine, run.url, key, record.workspace_id, run.server)
             # Every client of the test has hung up: the server must have ended every request

@@ -296,7 +296,7 @@ async def test_metrics_come_as_json_and_as_prometheus_text(
     assert "stitchwork_locks_held 0.0" in text
 
 
-async def test_health_reports_executions_and_stalled_ones(backend: Backend) -> None:
+async def test_health_counts_stalled_executions_and_metrics_name_them(backend: Backend) -> None:
     # Nothing runs the queued job of this execution: once it has been quiet for longer than
     # STITCHWORK_STALL_AFTER, it is reported as stalled.
     stall_after = 1.0
@@ -319,9 +319,14 @@ async def test_health_reports_executions_and_stalled_ones(backend: Backend) -> N
             # On a loaded machine the two requests alone may outlast STALL_AFTER; only a
             # health report taken inside the window must not call the execution stalled.
             if quiet_for < stall_after:
-                assert body["stalled"] == []
+                assert body["stalled"] == 0
             await asyncio.sleep(stall_after + 0.1)  # the last event came before `health`
-            stalled = (await anonymous.get("/api/v1/health")).json()["stalled"]
+            # Without a key: how many, never which.
+            health = await anonymous.get("/api/v1/health")
+            assert health.json()["stalled"] == 1
+            assert created.json()["id"] not in health.text
+            # With the workspace's key: which.
+            stalled = (await api.get("/api/v1/metrics")).json()["stalled"]
             assert [s["id"] for s in stalled] == [created.json()["id"]]
     finally:
         await engine.close()

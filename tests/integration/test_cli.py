@@ -118,10 +118,51 @@ def test_keys_create_prints_a_key_that_authenticates(cli: Cli, database_url: str
     assert match, output
     key = match.group(0)
     prefix = key.split("_")[1]
-    assert f"created key {prefix} (ci, workspace default)" in flat(output)
+    assert f"created key {prefix} (ci, workspace default, role reader)" in flat(output)
     principal = authenticate(database_url, key)
     assert principal.key_name == "ci"
     assert principal.actor == "key:ci"
+    assert principal.role == "reader"  # least privilege unless asked
+    assert principal.scopes == frozenset()
+
+
+def test_keys_create_with_a_role_and_scopes_grants_them_and_keys_list_shows_them(
+    cli: Cli, database_url: str
+) -> None:
+    output = cli.ok(
+        "keys", "create", "deploy", "--role", "operator", "--scope", "jobs:submit:shell"
+    )
+    key = KEY.search(output)
+    assert key, output
+    prefix = key.group(0).split("_")[1]
+    assert "role operator, scopes jobs:submit:shell" in flat(output)
+
+    principal = authenticate(database_url, key.group(0))
+    assert (principal.role, principal.scopes) == ("operator", frozenset({"jobs:submit:shell"}))
+    assert principal.allows("jobs:submit:shell")
+
+    row = next(line for line in cli.ok("keys", "list").splitlines() if prefix in line)
+    cells = [cell.strip() for cell in row.split("│")]
+    assert cells[:5] == [prefix, "deploy", "default", "operator", "jobs:submit:shell"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--role", "root"], "unknown role 'root'; roles: admin, operator, reader"),
+        (["--scope", "jobs:delete"], "unknown scope 'jobs:delete'"),
+        (["--scope", "jobs:submit:rm-rf"], "unknown job type 'rm-rf' in scope"),
+    ],
+)
+def test_keys_create_with_an_unknown_role_or_scope_exits_2_and_creates_nothing(
+    cli: Cli, args: list[str], message: str
+) -> None:
+    result = cli("keys", "create", "ci", *args)
+
+    assert result.exit_code == 2, result.output
+    assert message in flat(result.output)
+    assert KEY.search(result.output) is None
+    assert "ci" not in cli.ok("keys", "list")
 
 
 def test_keys_list_shows_the_prefix_but_never_the_secret(cli: Cli) -> None:

@@ -153,7 +153,7 @@ async def _run_until(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await engine.reap_orphans()
+    await engine.prepare_host()
     worker = engine.worker() if with_worker else None
     loops = [
         asyncio.create_task(session.run(), name="chat"),

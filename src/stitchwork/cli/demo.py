@@ -71,6 +71,7 @@ def run_demo(*, keep: bool) -> None:
     settings = load_settings(
         data_dir=data_dir,
         work_dir=data_dir / "work",
+        repo_roots=[workdir],  # the sample repository is the only one its tasks may name
         database_url="",
         queue_routes={},
         api_port=0,
@@ -143,7 +144,7 @@ class EngineThread:
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         async with open_engine(self.settings) as engine:
-            _, self.key = await engine.auth.create_key("default", "demo")
+            _, self.key = await engine.auth.create_key("default", "demo", "admin")
             async with run_embedded(engine, host="127.0.0.1", port=0) as running:
                 self.url = running.url
                 self._ready.set()

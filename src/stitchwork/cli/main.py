@@ -121,24 +121,46 @@ def db_current() -> None:
 def keys_create(
     name: Annotated[str, typer.Argument(help="A label, e.g. 'ci' or 'alice'.")],
     workspace: Annotated[str, typer.Option(help="Workspace (created if missing).")] = "default",
+    role: Annotated[
+        str,
+        typer.Option(
+            help="reader (read and stream), operator (submit every job type but shell, cancel, "
+            "retry, executions, holds on the workspace's repositories) or admin (everything).",
+        ),
+    ] = "reader",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="An extra scope (repeatable), e.g. jobs:submit:shell; see docs/security.md.",
+        ),
+    ] = None,
 ) -> None:
-    """Create an API key. The key is printed once; only its hash is stored."""
-    settings = load_settings()
+    """Create an API key. The key is printed once; only its hash is stored. The role
+    defaults to reader: grant more with --role or --scope."""
     from stitchwork.cli import ops
+    from stitchwork.errors import InvalidRequest
 
-    prefix, key = run(ops.keys_create(settings, workspace, name))
-    console.print(f"created key {prefix} ({name}, workspace {workspace}):")
+    scopes = scope or []
+    try:
+        ops.keys_check(role, scopes)
+    except InvalidRequest as exc:
+        fail(exc.message, code=2)
+    settings = load_settings()
+    prefix, key = run(ops.keys_create(settings, workspace, name, role, scopes))
+    granted = f", scopes {', '.join(scopes)}" if scopes else ""
+    console.print(f"created key {prefix} ({name}, workspace {workspace}, role {role}{granted}):")
     console.print(key, highlight=False, soft_wrap=True)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List API keys (prefixes only)."""
+    """List API keys (prefixes only) with their role and extra scopes."""
     settings = load_settings()
     from stitchwork.cli import ops
 
     table = Table(show_edge=False, header_style="bold")
-    for column in ("prefix", "name", "workspace", "created", "state"):
+    for column in ("prefix", "name", "workspace", "role", "scopes", "created", "state"):
         table.add_column(column)
     for row in run(ops.keys_list(settings)):
         table.add_row(*row)

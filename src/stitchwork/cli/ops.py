@@ -16,10 +16,12 @@ from stitchwork.domain.guards import AGENT_JOB_TYPES
 from stitchwork.errors import StitchworkError
 from stitchwork.runner.worktrees import Collected, Worktrees
 from stitchwork.runtime.engine import Engine, open_engine, run_worker_until_signalled
+from stitchwork.services.auth import Role, check_grants
+from stitchwork.services.job_types import JobTypeCatalog
 from stitchwork.storage.db import Database
 from stitchwork.storage.migrate import current_revision, upgrade
 
-KeyRow = tuple[str, str, str, str, str]
+KeyRow = tuple[str, str, str, str, str, str, str]
 
 
 async def serve(settings: Settings, *, with_worker: bool) -> None:
@@ -33,7 +35,8 @@ async def serve(settings: Settings, *, with_worker: bool) -> None:
         mode = "API + worker" if with_worker else "API only"
         console.print(
             f"stitchwork {__version__} serving on [bold]{running.url}[/bold] ({mode}; "
-            f"database {settings.database_url}). Ctrl+C to stop."
+            f"database {settings.database_url}; sandbox {engine.confinement.sandbox.status()})."
+            " Ctrl+C to stop."
         )
         await wait_for_signal()
         console.print("shutting down: waiting for running jobs…")
@@ -53,7 +56,7 @@ async def bootstrap(engine: Engine, settings: Settings, url: str) -> None:
         if stored.api_url != url:
             Credentials(url, stored.api_key, stored.workspace).save(path)
         return
-    _, key = await engine.auth.create_key("default", "admin")
+    _, key = await engine.auth.create_key("default", "admin", Role.ADMIN)
     Credentials(url, key, "default").save(path)
     console.print(
         Panel.fit(
@@ -89,9 +92,18 @@ async def db_current(settings: Settings) -> str | None:
         await db.dispose()
 
 
-async def keys_create(settings: Settings, workspace: str, name: str) -> tuple[str, str]:
+def keys_check(role: str, scopes: list[str]) -> None:
+    """Refuse an unknown role or scope (``InvalidRequest``) before any database is opened."""
+    check_grants(role, scopes, job_types=JobTypeCatalog().names)
+
+
+async def keys_create(
+    settings: Settings, workspace: str, name: str, role: str, scopes: list[str]
+) -> tuple[str, str]:
     async with open_engine(settings) as engine:
-        record, key = await engine.auth.create_key(workspace, name)
+        record, key = await engine.auth.create_key(
+            workspace, name, role, scopes, job_types=engine.catalog.names
+        )
         return record.prefix, key
 
 
@@ -103,6 +115,8 @@ async def keys_list(settings: Settings) -> list[KeyRow]:
                 k.prefix,
                 k.name,
                 names.get(k.workspace_id, "?"),
+                k.role,
+                ", ".join(k.scopes) or "-",
                 k.created_at.strftime("%Y-%m-%d %H:%M"),
                 "revoked" if k.revoked_at else "active",
             )

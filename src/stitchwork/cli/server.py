@@ -59,7 +59,7 @@ async def run_embedded(
         timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
     )
     server = _EmbeddedServer(config)
-    await engine.reap_orphans()
+    await engine.prepare_host()
     worker = engine.worker() if with_worker else None
     tasks = [asyncio.create_task(server.serve(), name="api")]
     if worker is not None:

@@ -14,7 +14,10 @@ repository without the file gets ``RepoConfig.default()``. Every key is optional
     timeout = "2m"                    # "90s", "2m", "1h", "1h30m" or integer seconds; 10m
     coverage_min = 80                 # percent, 0-100; only together with coverage_report
     coverage_report = "coverage.xml"  # worktree-relative: Cobertura *.xml, coverage.py *.json
-    env = { PYTHONHASHSEED = "0" }    # extra environment variables, string values
+    env = { PYTHONHASHSEED = "0" }    # variables the gate's command gets, string values
+    pass_env = ["PIP_INDEX_URL"]      # the server's variables it gets too (never STITCHWORK_*)
+    network = true                    # false: no network in its sandbox
+    read_paths = ["/opt/tools"]       # absolute paths it may read besides the system
 
     [quality_rails]                   # job type -> gates that must pass before it completes
     agent-task = ["lint"]             # the built-in "claims" gate is always added to agent-task
@@ -25,6 +28,11 @@ repository without the file gets ``RepoConfig.default()``. Every key is optional
     capabilities = ["repo:read"]      # see ``stitchwork.domain.guards``; "git:*" for all of git
     timeout = "30m"                   # default 30m
     output_format = "text"            # "text" (default) or "claude-stream-json"
+    env = { CI = "1" }                # variables the agent gets, string values
+    pass_env = ["ANTHROPIC_API_KEY"]  # the server's variables it gets too (never STITCHWORK_*)
+    network = false                   # no network in its sandbox (default true)
+    read_paths = ["/opt/models"]      # absolute paths it may read besides the system
+    write_paths = ["/var/cache/x"]    # absolute paths it may change besides its worktree
 
     [merge]
     target_branch = "main"            # default "main"
@@ -82,8 +90,11 @@ _BRANCH_RE = re.compile(
 )
 _SECTIONS = ("gates", "quality_rails", "profiles", "merge")
 _TOP_KEYS = ("max_gate_attempts", "gate_parallelism", "default_profile", *_SECTIONS)
-_GATE_KEYS = ("command", "timeout", "coverage_min", "coverage_report", "env")
-_PROFILE_KEYS = ("adapter", "command", "capabilities", "timeout", "output_format")
+_ENVIRONMENT_KEYS = ("env", "pass_env", "network")
+_GATE_KEYS: tuple[str, ...] = ("command", "timeout", "coverage_min", "coverage_report")
+_GATE_KEYS += (*_ENVIRONMENT_KEYS, "read_paths")
+_PROFILE_KEYS: tuple[str, ...] = ("adapter", "command", "capabilities", "timeout")
+_PROFILE_KEYS += ("output_format", *_ENVIRONMENT_KEYS, "read_paths", "write_paths")
 _MERGE_KEYS = ("target_branch", "strategy")
 
 
@@ -113,6 +124,9 @@ class GateConfig:
     coverage_min: float | None = None
     coverage_report: str | None = None
     env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    pass_env: tuple[str, ...] = ()
+    network: bool = True
+    read_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         at = _check_name(self.name, "gates")
@@ -136,13 +150,8 @@ class GateConfig:
                 _fail(f"{at}.coverage_min", f"must be a percentage 0-100, got {percent!r}")
             _set(self, "coverage_min", float(percent))
             _set(self, "coverage_report", _report_path(self.coverage_report, at))
-        env = _table(self.env, f"{at}.env")
-        for variable, value in env.items():
-            if not _ENV_RE.fullmatch(variable):
-                _fail(f"{at}.env", f"{variable!r} is not an environment variable name")
-            if not isinstance(value, str):
-                _fail(f"{at}.env.{variable}", f'must be a string, e.g. {variable} = "{value}"')
-        _set(self, "env", MappingProxyType(dict(env)))
+        _set_environment(self, at)
+        _set(self, "read_paths", _absolute_paths(self.read_paths, f"{at}.read_paths"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +169,11 @@ class AgentProfile:
     capabilities: frozenset[str] = frozenset()
     timeout: timedelta = DEFAULT_AGENT_TIMEOUT
     output_format: OutputFormat = OutputFormat.TEXT
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    pass_env: tuple[str, ...] = ()
+    network: bool = True
+    read_paths: tuple[str, ...] = ()
+    write_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         at = _check_name(self.name, "profiles")
@@ -188,6 +202,9 @@ class AgentProfile:
                 _fail(f"{at}.capabilities", problem)
         _set(self, "capabilities", frozenset(capabilities))
         _set(self, "timeout", _duration(self.timeout, f"{at}.timeout"))
+        _set_environment(self, at)
+        for key in ("read_paths", "write_paths"):
+            _set(self, key, _absolute_paths(getattr(self, key), f"{at}.{key}"))
 
     def render_argv(self, values: Mapping[str, str]) -> tuple[str, ...]:
         """The command's argv with placeholders replaced by ``values`` (``()`` for scripts).
@@ -341,6 +358,40 @@ def _build(data: dict[str, Any]) -> RepoConfig:
     _check_keys(merge := _table(data.get("merge", {}), "merge"), _MERGE_KEYS, "merge")
     fields["merge"] = MergePolicy(**merge)
     return RepoConfig(**fields)
+
+
+def _set_environment(obj: GateConfig | AgentProfile, at: str) -> None:
+    """Check and normalise ``env``, ``pass_env`` and ``network`` of a gate or a profile."""
+    env = _table(obj.env, f"{at}.env")
+    for variable, value in env.items():
+        _env_name(variable, f"{at}.env")
+        if not isinstance(value, str):
+            _fail(f"{at}.env.{variable}", f'must be a string, e.g. {variable} = "{value}"')
+    _set(obj, "env", MappingProxyType(dict(env)))
+    names = obj.pass_env
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        _fail(f"{at}.pass_env", f'must be an array of names such as ["API_KEY"], got {names!r}')
+    for name in names:
+        _env_name(name, f"{at}.pass_env")
+    _set(obj, "pass_env", tuple(names))
+    if not isinstance(obj.network, bool):
+        _fail(f"{at}.network", f"must be true or false, got {obj.network!r}")
+
+
+def _env_name(name: str, key: str) -> None:
+    if not _ENV_RE.fullmatch(name):
+        _fail(key, f"{name[:64]!r} is not an environment variable name")
+    if name.startswith("STITCHWORK_"):
+        _fail(key, f"{name} is reserved: no STITCHWORK_* variable ever reaches a job")
+
+
+def _absolute_paths(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        _fail(key, f'must be an array of absolute paths such as ["/opt/x"], got {value!r}')
+    for path in value:
+        if not path.startswith("/") or "\0" in path or ".." in PurePosixPath(path).parts:
+            _fail(key, f"{path[:200]!r} must be an absolute path without '..'")
+    return tuple(value)
 
 
 def _fail(key: str | None, problem: str) -> NoReturn:

@@ -61,7 +61,10 @@ class QueueBackend(Protocol):
 
     async def resume(self, name: str) -> None: ...
 
-    async def list_queues(self) -> list[QueueInfo]: ...
+    async def list_queues(self, workspace_id: UUID | None = None) -> list[QueueInfo]:
+        """Every queue's pause state (global) with its queued and running jobs (of one
+        workspace when ``workspace_id`` is given)."""
+        ...
 
     def settle(self, job_ids: Collection[UUID]) -> None:
         """The worker is done with these deliveries, however the jobs ended (the database has

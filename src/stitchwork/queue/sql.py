@@ -223,12 +223,14 @@ class SqlQueue:
     async def resume(self, name: str) -> None:
         await self._set_paused(name, False)
 
-    async def list_queues(self) -> list[QueueInfo]:
+    async def list_queues(self, workspace_id: UUID | None = None) -> list[QueueInfo]:
         counts = (
             select(runner_jobs.c.queue_name, runner_jobs.c.status, func.count())
             .where(runner_jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
             .group_by(runner_jobs.c.queue_name, runner_jobs.c.status)
         )
+        if workspace_id is not None:
+            counts = counts.where(runner_jobs.c.workspace_id == workspace_id)
         async with self.db.read() as conn:
             states = dict(
                 (await conn.execute(select(queue_states.c.name, queue_states.c.paused))).all()

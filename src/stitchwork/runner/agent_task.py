@@ -21,6 +21,8 @@ target.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +31,21 @@ from stitchwork.domain.continuation import GateFailure, continuation_prompt, pri
 from stitchwork.domain.events import EventType
 from stitchwork.domain.guards import MERGING_JOB_TYPES, REPO_WRITE, grants
 from stitchwork.domain.locks import LockMode
-from stitchwork.domain.repo_config import AgentProfile, RepoConfig
+from stitchwork.domain.repo_config import AgentProfile, GateConfig, RepoConfig
 from stitchwork.domain.steps import StepPhase, StepType
-from stitchwork.errors import (
-    GitError,
-    GuardRailDenied,
-    InvalidRequest,
-)
+from stitchwork.errors import Forbidden, GitError, InvalidRequest
 from stitchwork.runner.adapters import adapter_for
 from stitchwork.runner.agents import AgentTask
 from stitchwork.runner.gates import GateResult, run_gates
+from stitchwork.runner.git import common_git_dir
 from stitchwork.runner.landing import Lander
+from stitchwork.runner.sandbox import (
+    Confinement,
+    JobConfinement,
+    Sandbox,
+    SandboxMode,
+    SandboxUnavailable,
+)
 from stitchwork.runner.trailers import commits_between, find_landed
 from stitchwork.runner.worktrees import Worktree, Worktrees
 from stitchwork.runtime.context import JobContext, JobFailed, StepHandle
@@ -84,6 +90,7 @@ class _Run:
     tokens: tuple[int, int] = (0, 0)
     summary: str = ""  # the agent's last words (a review's findings)
     prior: list[tuple[str, str]] = field(default_factory=list)  # commits of earlier attempts
+    git_dir: Path = Path()  # the repository's .git: readable in the sandbox, never writable
 
     def result(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -108,13 +115,23 @@ class AgentTaskRunner:
         work_root: where per-repository work dirs (job worktrees) live, outside every checkout.
         lock_dir: where per-repository merge locks live (shared by every process).
         grace_s: seconds between SIGTERM and SIGKILL when an agent is stopped.
+        confinement: the sandbox, environment and repository roots of every command a task
+            starts (default: unconfined, which only tests that need no sandbox use).
     """
 
-    def __init__(self, work_root: Path, lock_dir: Path, *, grace_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        work_root: Path,
+        lock_dir: Path,
+        *,
+        grace_s: float = 2.0,
+        confinement: JobConfinement | None = None,
+    ) -> None:
         self.worktrees = Worktrees(work_root)
         self.lock_dir = lock_dir
         self.lander = Lander(self.worktrees, lock_dir)
         self.grace_s = grace_s
+        self.confinement = confinement or JobConfinement(Sandbox(SandboxMode.OFF))
 
     async def __call__(self, ctx: JobContext) -> dict[str, Any] | None:
         payload = AgentTaskPayload.model_validate(ctx.job.payload)
@@ -136,13 +153,17 @@ class AgentTaskRunner:
         repo = Path(payload.repo)
         async with ctx.step("prepare worktree", phase=StepPhase.SETUP) as step:
             try:
+                if self.confinement.repo_roots:
+                    self.confinement.inside_roots(payload.repo, field="payload.repo")
+                self.confinement.sandbox.check()
                 checkout_config, _ = check_agent_task(
                     payload.model_dump(), ctx.job.agent_profile, job_type=ctx.job.type
                 )
                 target = payload.target_branch or checkout_config.merge.target_branch
                 wt = await self.worktrees.create(repo, str(ctx.job.id), target_branch=target)
-            except (InvalidRequest, GuardRailDenied, GitError) as exc:
+            except (InvalidRequest, Forbidden, GitError, SandboxUnavailable) as exc:
                 raise JobFailed(str(exc), retryable=False) from exc
+            git_dir = await common_git_dir(wt.path)
             # A retry starts from a known state: the branch head, never a dirty leftover.
             if await self.worktrees.reset(wt):
                 await step.output(
@@ -156,7 +177,7 @@ class AgentTaskRunner:
                 profile = allowed_profile(
                     config, payload.profile or ctx.job.agent_profile, ctx.job.type
                 )
-            except (InvalidRequest, GuardRailDenied) as exc:
+            except (InvalidRequest, Forbidden) as exc:  # GuardRailDenied is a Forbidden
                 await self.worktrees.remove(wt, delete_branch=True)
                 raise JobFailed(str(exc), retryable=False) from exc
             await step.output(
@@ -169,7 +190,7 @@ class AgentTaskRunner:
                     else ""
                 )
             )
-        return _Run(wt, config, profile, target, ctx.job.type, prior=prior)
+        return _Run(wt, config, profile, target, ctx.job.type, git_dir=git_dir, prior=prior)
 
     async def _work(self, ctx: JobContext, payload: AgentTaskPayload, run: _Run) -> dict[str, Any]:
         merging = run.job_type in MERGING_JOB_TYPES
@@ -264,6 +285,8 @@ class AgentTaskRunner:
             payload=ctx.job.payload,
             timeout_s=profile.timeout.total_seconds(),
             stop=ctx.stop_requested,
+            env=self.confinement.env(profile.env, profile.pass_env),
+            confine=functools.partial(self._confine_agent, run),
         )
         name = f"agent {profile.name} (attempt {attempt})"
         async with ctx.step(name, phase=StepPhase.EXECUTION, type_=StepType.AI_ACTION) as step:
@@ -291,6 +314,31 @@ class AgentTaskRunner:
                 )
         return True
 
+    def _confine_agent(
+        self, run: _Run, readable: tuple[Path, ...]
+    ) -> Callable[[list[str]], list[str]] | None:
+        """The agent's sandbox: its worktree (and the profile's write paths) writable, the
+        repository's ``.git`` (and the profile's read paths) readable, nothing else."""
+        profile = run.profile
+        confinement = Confinement(
+            writable=(run.wt.path, *map(Path, profile.write_paths)),
+            readonly=(run.git_dir, *map(Path, profile.read_paths), *readable),
+            network=profile.network,
+        )
+        return self.confinement.wrapper(confinement, run.wt.path)
+
+    def _confine_gate(
+        self, run: _Run, gate: GateConfig
+    ) -> tuple[dict[str, str], Callable[[list[str]], list[str]] | None]:
+        """A gate runs the agent's code: the same walls as the agent, its own variables."""
+        confinement = Confinement(
+            writable=(run.wt.path,),
+            readonly=(run.git_dir, *map(Path, gate.read_paths)),
+            network=gate.network,
+        )
+        env = self.confinement.env(gate.env, gate.pass_env)
+        return env, self.confinement.wrapper(confinement, run.wt.path)
+
     async def _validate(
         self,
         ctx: JobContext,
@@ -313,6 +361,7 @@ class AgentTaskRunner:
             attempt=attempt,
             label=label,
             claims_root=run.wt.repo,  # the tree the scheduler's locks were decided on
+            confine=functools.partial(self._confine_gate, run),
         )
         run.gates = results
         return [_failure(r) for r in results if not r.passed]

@@ -14,11 +14,10 @@ task running ``run`` stops the agent's whole process group before ``CancelledErr
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shlex
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -39,8 +38,11 @@ from stitchwork.runner.process import (
     ProcessStartError,
     run_process,
 )
+from stitchwork.runner.sandbox import clean_env
 
 OutputFormat = Literal["text", "claude-stream-json"]
+# Given extra readable paths, the ``wrap`` that starts a command in the task's sandbox.
+Confine = Callable[[tuple[Path, ...]], Callable[[list[str]], list[str]] | None]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "claude-stream-json")
 SUMMARY_CHARS = 2_000
 # A one-shot, non-interactive Claude Code run. Permission flags (which tools it may use without
@@ -60,8 +62,10 @@ class AgentTask:
         attempt: 1 for the first attempt, 2 after the first retry, ...
         payload: The job's payload, for adapters that read settings from it.
         timeout_s: Seconds the agent may run before it is stopped.
-        env: Variables added to the worker's environment for the agent.
+        env: The agent's complete environment (``None``: a clean base, see ``clean_env``).
         stop: Setting it stops the agent (the outcome then has ``stopped=True``).
+        confine: Given paths the command must also be able to read, the ``wrap`` of
+            ``run_process`` that starts it in the task's sandbox (``None``: unconfined).
     """
 
     prompt: str
@@ -70,8 +74,20 @@ class AgentTask:
     attempt: int = 1
     payload: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float = 3_600.0
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] | None = None
     stop: asyncio.Event | None = field(default=None, compare=False)
+    confine: Confine | None = field(default=None, compare=False)
+
+    def process_env(self) -> dict[str, str]:
+        """The complete environment of the agent's commands (never the server's own)."""
+        if self.env is not None:
+            return dict(self.env)
+        return clean_env(home=tempfile.gettempdir())
+
+    def wrap(self, *readable: Path) -> Callable[[list[str]], list[str]] | None:
+        """How to start a command of this task (in its sandbox), with ``readable`` paths
+        visible too (the prompt file); ``None`` runs it as it is."""
+        return self.confine(readable) if self.confine is not None else None
 
 
 @dataclass(frozen=True)
@@ -207,12 +223,13 @@ class CommandAgent:
                 run = await run_process(
                     argv,
                     cwd=task.worktree,
-                    env={**os.environ, **task.env},
+                    env=task.process_env(),
                     on_output=on_output,
                     timeout_s=task.timeout_s,
                     grace_s=self.grace_s,
                     stop=task.stop,
                     tail_chars=0,
+                    wrap=task.wrap(Path(scratch)),
                 )
             except ProcessStartError as exc:
                 return AgentOutcome(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,12 @@ from stitchwork.domain.steps import StepPhase, StepType
 from stitchwork.runner.failpoints import failpoint
 from stitchwork.runner.git import PathChange
 from stitchwork.runner.process import ProcessStartError, run_process
+from stitchwork.runner.sandbox import clean_env
 from stitchwork.runtime.context import JobContext, StepHandle
 
 OUTPUT_TAIL_CHARS = 8000
+# A gate's complete environment and the ``wrap`` that starts it in the task's sandbox.
+ConfineGate = Callable[[GateConfig], tuple[dict[str, str], Callable[[list[str]], list[str]] | None]]
 MAX_LISTED_PATHS = 20
 
 
@@ -70,6 +73,7 @@ async def run_gates(
     attempt: int,
     label: str | None = None,
     claims_root: Path | None = None,
+    confine: ConfineGate | None = None,
 ) -> list[GateResult]:
     """Run the gates ``names`` (in parallel, bounded) on ``worktree``; results in that order.
 
@@ -79,6 +83,8 @@ async def run_gates(
     reshaped: a directory the agent creates under a file claim does not widen the claim. A
     gate that cannot run (its command is missing) fails; it is never skipped. Each gate's
     step is named ``gate <name> (attempt <attempt>)``, or ``(<label>)`` with a label.
+    ``confine`` gives each command gate its environment and sandbox (default: a clean
+    environment, no sandbox).
     """
     limit = asyncio.Semaphore(config.gate_parallelism)
 
@@ -95,6 +101,7 @@ async def run_gates(
                 attempt=attempt,
                 label=label,
                 claims_root=claims_root,
+                confine=confine,
             )
 
     return list(await asyncio.gather(*(one(name) for name in names)))
@@ -112,6 +119,7 @@ async def _tracked_gate(
     attempt: int,
     label: str | None,
     claims_root: Path | None,
+    confine: ConfineGate | None,
 ) -> GateResult:
     result: GateResult | None = None
     # Raising _GateFailed records the step as failed; the result itself says why.
@@ -127,7 +135,7 @@ async def _tracked_gate(
                 result = claims_gate(changes, claims, mode, repo_root=claims_root)
                 await step.output(result.output)
             else:
-                result = await _command_gate(step, config.gates[name], worktree)
+                result = await _command_gate(step, config.gates[name], worktree, confine)
             payload = {**result.payload(), "attempt": attempt}
             if result.passed:
                 await step.event(EventType.GATE_PASSED, payload)
@@ -138,8 +146,13 @@ async def _tracked_gate(
     return result
 
 
-async def _command_gate(step: StepHandle, gate: GateConfig, worktree: Path) -> GateResult:
-    env = {**os.environ, **gate.env}
+async def _command_gate(
+    step: StepHandle, gate: GateConfig, worktree: Path, confine: ConfineGate | None
+) -> GateResult:
+    if confine is not None:
+        env, wrap = confine(gate)
+    else:
+        env, wrap = clean_env(gate.env, gate.pass_env, home=tempfile.gettempdir()), None
     try:
         run = await run_process(
             gate.command,
@@ -148,6 +161,7 @@ async def _command_gate(step: StepHandle, gate: GateConfig, worktree: Path) -> G
             on_output=step.output,
             timeout_s=gate.timeout.total_seconds(),
             tail_chars=OUTPUT_TAIL_CHARS,
+            wrap=wrap,
         )
     except ProcessStartError as exc:
         return GateResult(gate.name, False, f"the gate command could not start: {exc}")

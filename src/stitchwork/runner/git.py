@@ -315,3 +315,9 @@ def parse_name_status(out: bytes) -> list[PathChange]:
 def _decode(raw: bytes) -> str:
     # Paths are bytes to git; surrogateescape keeps a non-UTF-8 name round-trippable.
     return raw.decode("utf-8", "surrogateescape")
+
+
+async def common_git_dir(worktree: Path) -> Path:
+    """The ``.git`` directory a worktree shares with its repository (objects, refs)."""
+    out = await git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=worktree)
+    return Path(out.text)

@@ -78,6 +78,10 @@ class GroupRecorder(Protocol):
 group_recorder: contextvars.ContextVar[GroupRecorder | None] = contextvars.ContextVar(
     "stitchwork_group_recorder", default=None
 )
+# Applied to every chunk of output before anyone sees it (the worker sets a ``Redactor``).
+output_filter: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(
+    "stitchwork_output_filter", default=None
+)
 
 
 class ProcessStartError(StitchworkError):
@@ -151,6 +155,7 @@ async def run_process(
     grace_s: float = KILL_GRACE_S,
     stop: asyncio.Event | None = None,
     tail_chars: int = DEFAULT_TAIL_CHARS,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> ProcessResult:
     """Run ``command`` in a new process group and stream its combined stdout and stderr.
 
@@ -175,6 +180,8 @@ async def run_process(
         grace_s: Seconds between SIGTERM and SIGKILL, and for the output to drain after.
         stop: Setting it stops the command the same way as a timeout does.
         tail_chars: How many trailing characters of output to keep in the result.
+        wrap: Turns the command's argv into the argv actually started (the sandbox); the
+            command is checked as startable before.
 
     Returns:
         How the run ended, with the tail of its output.
@@ -186,8 +193,9 @@ async def run_process(
     if not command or (not isinstance(command, str) and not command[0]):
         raise ValueError("command must not be empty")
     started = time.monotonic()
-    proc = await _spawn(command, cwd=cwd, env=env)
+    proc = await _spawn(command, cwd=cwd, env=env, wrap=wrap)
     recorder = group_recorder.get()
+    redact = output_filter.get()
     token: object = None
     group_cleared = False
     pump: asyncio.Task[None] | None = None
@@ -202,6 +210,8 @@ async def run_process(
             token = await recorder.started(ProcessGroup(proc.pid, process_start_ticks(proc.pid)))
 
         async def deliver(text: str) -> None:
+            if redact is not None:
+                text = redact(text)
             tail.add(text)
             if on_output is not None:
                 await on_output(text)
@@ -288,9 +298,12 @@ async def _spawn(
     *,
     cwd: str | os.PathLike[str] | None,
     env: Mapping[str, str] | None,
+    wrap: Callable[[list[str]], list[str]] | None,
 ) -> asyncio.subprocess.Process:
     _preflight(command, cwd, env)
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [*map(str, command)]
+    if wrap is not None:
+        argv = wrap(argv)
     death = _death_fd()
     guarded = [sys.executable, "-I", "-S", str(GUARD_SCRIPT), str(death), "--", *argv]
     try:

@@ -96,11 +96,12 @@ class ScriptAgent:
                 run = await run_process(
                     value,
                     cwd=task.worktree,
-                    env={**os.environ, **task.env},
+                    env=task.process_env(),
                     on_output=sink.output,
                     grace_s=self.grace_s,
                     stop=task.stop,
                     tail_chars=0,
+                    wrap=task.wrap(),
                 )
             except ProcessStartError as exc:
                 raise _ScriptEnded(

@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -19,8 +20,15 @@ from stitchwork.domain.guards import AGENT_JOB_TYPES
 from stitchwork.queue.base import QueueBackend
 from stitchwork.queue.sql import create_queue
 from stitchwork.runner.agent_task import AgentTaskRunner
+from stitchwork.runner.redaction import Redactor, url_secrets
+from stitchwork.runner.sandbox import (
+    INSTALL_HINT,
+    JobConfinement,
+    Sandbox,
+    interpreter_paths,
+)
 from stitchwork.runtime.context import Handler
-from stitchwork.runtime.handlers import BUILTIN_HANDLERS
+from stitchwork.runtime.handlers import builtin_handlers
 from stitchwork.runtime.janitor import ProcessJanitor
 from stitchwork.runtime.metrics import Metrics
 from stitchwork.runtime.reconciler import Reconciler
@@ -62,6 +70,7 @@ class Engine:
     executions: ExecutionService
     metrics: Metrics
     processes: SqlProcessStore
+    confinement: JobConfinement
 
     @classmethod
     async def open(
@@ -98,7 +107,8 @@ class Engine:
         store = SqlJobStore(writer)
         steps = SqlStepStore(writer)
         catalog = JobTypeCatalog()
-        jobs = JobService(store, steps, queue, catalog, settings)
+        confinement = job_confinement(settings)
+        jobs = JobService(store, steps, queue, catalog, settings, confinement=confinement)
         execution_store = SqlExecutionStore(db)
         processes = SqlProcessStore(db)
         stitcher = Stitcher(
@@ -129,6 +139,7 @@ class Engine:
             executions=ExecutionService(writer, execution_store, store, jobs, stitcher, clock),
             metrics=Metrics(),
             processes=processes,
+            confinement=confinement,
         )
 
     async def close(self) -> None:
@@ -155,6 +166,7 @@ class Engine:
             queues=queues,
             metrics=self.metrics,
             processes=self.processes,
+            redact=redactor(self.settings),
         )
 
     def handlers(self) -> dict[str, Handler]:
@@ -164,8 +176,9 @@ class Engine:
             settings.agent_work_dir,
             settings.agent_work_dir / "locks",
             grace_s=settings.cancel_grace.total_seconds(),
+            confinement=self.confinement,
         )
-        return {**BUILTIN_HANDLERS, **dict.fromkeys(AGENT_JOB_TYPES, runner)}
+        return {**builtin_handlers(self.confinement), **dict.fromkeys(AGENT_JOB_TYPES, runner)}
 
     def scheduler(self, actor: str | None = None) -> Scheduler:
         return Scheduler(
@@ -196,13 +209,49 @@ class Engine:
             grace_s=self.settings.cancel_grace.total_seconds(),
         )
 
-    async def reap_orphans(self) -> None:
-        """Before this process's worker takes a job: kill what an earlier, dead process of
-        this host left running (its agents, gates and commands), so no job's process ever
-        runs next to the job's next attempt."""
+    async def prepare_host(self) -> None:
+        """Before this process's worker takes a job: say how jobs are confined here, and kill
+        what an earlier, dead process of this host left running (its agents, gates and
+        commands), so no job's process ever runs next to the job's next attempt."""
+        sandbox = self.confinement.sandbox
+        if not sandbox.enabled:
+            log.warning(
+                "sandbox_off",
+                detail="STITCHWORK_SANDBOX=off: every job's commands run unconfined, with "
+                "this server's access to files, processes and the network",
+            )
+        elif (problem := sandbox.problem()) is not None:
+            log.error("sandbox_unavailable", problem=problem, detail=INSTALL_HINT)
         reaped = await self.janitor().sweep_once()
         if reaped.killed:
             log.warning("orphans_reaped", count=len(reaped.killed))
+
+
+def job_confinement(settings: Settings) -> JobConfinement:
+    """The sandbox, environment and repository roots of every command jobs start: hidden from
+    them are the data dir, the work dir, the repository roots and the server's home (but for
+    stitchwork's own Python, which stays readable)."""
+    hidden = [settings.data_dir, settings.agent_work_dir, *settings.repo_roots, Path.home()]
+    return JobConfinement(
+        Sandbox(settings.sandbox, hidden=hidden),
+        pass_env=tuple(settings.pass_env),
+        repo_roots=tuple(settings.repo_roots),
+        readable=interpreter_paths(),
+    )
+
+
+def redactor(settings: Settings) -> Redactor:
+    """Redacts the server's secrets (and any API key) from what job commands print."""
+    secrets = [
+        settings.api_key,
+        settings.slack_signing_secret,
+        settings.mattermost_token,
+        settings.discord_token,
+        settings.slack_webhook_url,
+    ]
+    for url in (settings.database_url, settings.queue_url, settings.bus_url):
+        secrets += url_secrets(url)
+    return Redactor(secrets)
 
 
 @asynccontextmanager
@@ -217,7 +266,7 @@ async def open_engine(settings: Settings, **kwargs: object) -> AsyncIterator[Eng
 async def run_worker_until_signalled(engine: Engine, worker: Worker) -> None:
     """Run a worker and a sweeper until SIGTERM/SIGINT, then shut down gracefully."""
     loop = asyncio.get_running_loop()
-    await engine.reap_orphans()
+    await engine.prepare_host()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, worker.stop)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from stitchwork.domain.steps import StepPhase, StepType
-from stitchwork.runner.process import OutputTail, ProcessStartError, run_process
+from stitchwork.errors import Forbidden
+from stitchwork.runner.process import OutputTail, ProcessResult, ProcessStartError, run_process
+from stitchwork.runner.sandbox import (
+    SANDBOX_TMP,
+    Confinement,
+    JobConfinement,
+    SandboxUnavailable,
+)
 from stitchwork.runtime.context import Handler, JobContext, JobFailed, StepHandle
 from stitchwork.services.job_types import EmitPayload, ShellPayload, SleepPayload
 
@@ -34,37 +41,61 @@ async def sleep(ctx: JobContext) -> dict[str, Any] | None:
     return {"slept_s": payload.seconds}
 
 
-async def shell(ctx: JobContext) -> dict[str, Any] | None:
-    """Run a command as one tracked step, streaming its output as ``step.output`` events.
+class Shell:
+    """The ``shell`` job type: run a command as one tracked step, streaming its output as
+    ``step.output`` events.
 
     The command runs in its own process group. On timeout or cancellation the whole group is
     stopped (SIGTERM, then SIGKILL); when the command itself exits, whatever it left running in
-    its group is stopped too, so a job never leaks background processes.
+    its group is stopped too, so a job never leaks background processes. It gets a clean
+    environment (its ``env`` and the server's ``pass_env``) and runs in the sandbox: the system
+    read-only, its ``cwd`` (which must be inside a repository root) writable, a private
+    ``/tmp`` (its working directory when it names none).
     """
-    payload = ShellPayload.model_validate(ctx.job.payload)
-    label = payload.command if isinstance(payload.command, str) else shlex.join(payload.command)
-    async with ctx.step(
-        f"$ {label[:150]}", phase=StepPhase.EXECUTION, type_=StepType.COMMAND
-    ) as step:
-        return await _run_shell(ctx, step, payload)
+
+    def __init__(self, confinement: JobConfinement) -> None:
+        self.confinement = confinement
+
+    async def __call__(self, ctx: JobContext) -> dict[str, Any] | None:
+        payload = ShellPayload.model_validate(ctx.job.payload)
+        label = payload.command if isinstance(payload.command, str) else shlex.join(payload.command)
+        async with ctx.step(
+            f"$ {label[:150]}", phase=StepPhase.EXECUTION, type_=StepType.COMMAND
+        ) as step:
+            return await self._run(ctx, step, payload)
+
+    async def _run(
+        self, ctx: JobContext, step: StepHandle, payload: ShellPayload
+    ) -> dict[str, Any]:
+        confinement = self.confinement
+        try:
+            cwd = None
+            if payload.cwd is not None:
+                cwd = confinement.inside_roots(payload.cwd, field="payload.cwd")
+            confinement.sandbox.check()
+        except (Forbidden, SandboxUnavailable) as exc:
+            raise JobFailed(str(exc), retryable=False) from exc
+        walls = Confinement(writable=(cwd,) if cwd is not None else ())
+        tail = OutputTail(payload.output_tail_chars)
+        try:
+            run = await run_process(
+                payload.command,
+                cwd=cwd,
+                env=confinement.env(payload.env),
+                on_output=_ProgressFilter(ctx, step, tail).feed,
+                timeout_s=payload.timeout_s,
+                stop=ctx.stop_requested,
+                tail_chars=0,  # the tail kept here leaves out the progress lines
+                wrap=confinement.wrapper(walls, cwd or Path(SANDBOX_TMP)),
+            )
+        except ProcessStartError as exc:
+            raise JobFailed(f"could not start command: {exc.cause}", retryable=False) from exc
+        return _shell_result(run, payload, tail, step)
 
 
-async def _run_shell(ctx: JobContext, step: StepHandle, payload: ShellPayload) -> dict[str, Any]:
-    env = {**os.environ, **payload.env, "STITCHWORK_JOB_ID": str(ctx.job.id)}
-    tail = OutputTail(payload.output_tail_chars)
-    try:
-        run = await run_process(
-            payload.command,
-            cwd=payload.cwd,
-            env=env,
-            on_output=_ProgressFilter(ctx, step, tail).feed,
-            timeout_s=payload.timeout_s,
-            stop=ctx.stop_requested,
-            tail_chars=0,  # the tail kept here leaves out the progress lines
-        )
-    except ProcessStartError as exc:
-        raise JobFailed(f"could not start command: {exc.cause}", retryable=False) from exc
-
+def _shell_result(
+    run: ProcessResult, payload: ShellPayload, tail: OutputTail, step: StepHandle
+) -> dict[str, Any]:
     result = {
         "exit_code": run.returncode,
         "output_tail": tail.text(),
@@ -135,8 +166,12 @@ async def emit(ctx: JobContext) -> dict[str, Any] | None:
     return {"emitted": sent}
 
 
-BUILTIN_HANDLERS: dict[str, Handler] = {
-    "shell": shell,
+def builtin_handlers(confinement: JobConfinement) -> dict[str, Handler]:
+    """The built-in job types' handlers; ``shell`` runs confined by ``confinement``."""
+    return {"shell": Shell(confinement), **_UNCONFINED}
+
+
+_UNCONFINED: dict[str, Handler] = {
     "noop": noop,
     "sleep": sleep,
     "emit": emit,

@@ -13,13 +13,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from stitchwork.storage.db import Database
+from stitchwork.storage.locks import lock_key
 from stitchwork.storage.tables import execution_nodes, executions, resource_locks, runner_jobs
 
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -115,29 +117,41 @@ class _SnapshotCollector(Collector):
         )
 
 
-async def snapshot(db: Database) -> dict[str, Any]:
-    """Database-wide figures: jobs by status, queue depth, executions, locks."""
-    async with db.read() as conn:
-        jobs = await conn.execute(
-            select(runner_jobs.c.status, func.count()).group_by(runner_jobs.c.status)
-        )
-        queued = await conn.execute(
-            select(runner_jobs.c.queue_name, func.count())
-            .where(runner_jobs.c.status == "queued")
-            .group_by(runner_jobs.c.queue_name)
-        )
-        execs = await conn.execute(
-            select(executions.c.status, func.count()).group_by(executions.c.status)
-        )
-        contention = (
-            await conn.execute(
-                select(
-                    func.coalesce(func.sum(execution_nodes.c.contentions), 0),
-                    func.coalesce(func.sum(execution_nodes.c.lock_wait_s), 0.0),
-                )
+async def snapshot(db: Database, workspace_id: UUID | None = None) -> dict[str, Any]:
+    """Jobs by status, queue depth, executions and locks: database-wide, or of one workspace
+    (whose locks held are its executions' locks, on shared checkouts too, and its holds on
+    the repositories it names)."""
+    jobs_q = select(runner_jobs.c.status, func.count()).group_by(runner_jobs.c.status)
+    queued_q = (
+        select(runner_jobs.c.queue_name, func.count())
+        .where(runner_jobs.c.status == "queued")
+        .group_by(runner_jobs.c.queue_name)
+    )
+    execs_q = select(executions.c.status, func.count()).group_by(executions.c.status)
+    contention_q = select(
+        func.coalesce(func.sum(execution_nodes.c.contentions), 0),
+        func.coalesce(func.sum(execution_nodes.c.lock_wait_s), 0.0),
+    )
+    held_q = select(func.count()).select_from(resource_locks)
+    if workspace_id is not None:
+        own = select(executions.c.id).where(executions.c.workspace_id == workspace_id)
+        named = lock_key(workspace_id, "")  # the prefix of every name of this workspace
+        jobs_q = jobs_q.where(runner_jobs.c.workspace_id == workspace_id)
+        queued_q = queued_q.where(runner_jobs.c.workspace_id == workspace_id)
+        execs_q = execs_q.where(executions.c.workspace_id == workspace_id)
+        contention_q = contention_q.where(execution_nodes.c.execution_id.in_(own))
+        held_q = held_q.where(
+            or_(
+                resource_locks.c.execution_id.in_(own),
+                resource_locks.c.repo.startswith(named, autoescape=True),
             )
-        ).one()
-        held = (await conn.execute(select(func.count()).select_from(resource_locks))).scalar_one()
+        )
+    async with db.read() as conn:
+        jobs = await conn.execute(jobs_q)
+        queued = await conn.execute(queued_q)
+        execs = await conn.execute(execs_q)
+        contention = (await conn.execute(contention_q)).one()
+        held = (await conn.execute(held_q)).scalar_one()
         return {
             "jobs_by_status": {str(s): int(c) for s, c in jobs},
             "queue_depth": {str(q): int(c) for q, c in queued},

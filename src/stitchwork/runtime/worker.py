@@ -26,7 +26,7 @@ from stitchwork.domain.jobs import Job
 from stitchwork.domain.retry import RetryPolicy, should_retry
 from stitchwork.domain.steps import StepStatus, StepType
 from stitchwork.queue.base import QueueBackend
-from stitchwork.runner.process import group_recorder
+from stitchwork.runner.process import group_recorder, output_filter
 from stitchwork.runtime.context import Handler, JobContext, JobFailed
 from stitchwork.runtime.janitor import JobGroups, ThisProcess
 from stitchwork.runtime.metrics import Metrics
@@ -133,6 +133,7 @@ class Worker:
         rng: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
         processes: SqlProcessStore | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
         self.steps = steps
@@ -156,6 +157,7 @@ class Worker:
         # Every process group a handler starts is recorded here (``runtime/janitor.py``).
         self.processes = processes
         self._me = ThisProcess.current() if processes is not None else None
+        self.redact = redact  # applied to every command's output before it is recorded
         # When each running job's lease was last renewed (monotonic): a worker that cannot
         # renew stops its jobs before their leases run out (it fences itself).
         self._renewed: dict[UUID, float] = {}
@@ -279,6 +281,8 @@ class Worker:
                 # be stopping here, cleaning up its worktree: this one starts after it.
                 await asyncio.wait({after})
             self._renewed[job.id] = time.monotonic()
+            if self.redact is not None:
+                output_filter.set(self.redact)
             if self.processes is not None and self._me is not None:
                 # Set in this job's own task: what the handler starts is recorded as this job's.
                 group_recorder.set(

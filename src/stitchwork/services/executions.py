@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stitchwork.clock import Clock
 from stitchwork.domain.claims import overlaps, repo_root_of
@@ -27,6 +28,7 @@ from stitchwork.services.jobs import JobService
 from stitchwork.services.stitcher import Grant, NodeOutcome, Stitcher, node_job
 from stitchwork.storage.executions import ExecutionRow, NodeRow, SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
+from stitchwork.storage.locks import lock_key, lock_scope
 from stitchwork.storage.rows import EventWriter
 from stitchwork.storage.types import new_id
 
@@ -34,6 +36,10 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_REPO = "default"
 MAX_NEXT = 1000  # nodes one pull call may take or report
+FOREIGN_OWNER = "another workspace"  # a lock on a shared checkout held by another workspace
+
+# Called with each job type a plan will run as jobs; raises to refuse the plan.
+JobTypeCheck = Callable[[str], None]
 
 
 def nodes_conflict(a: PlanNode, b: PlanNode, *, repo_root: Path | None = None) -> bool:
@@ -88,12 +94,20 @@ class ExecutionService:
         dispatch: Dispatch = Dispatch.JOBS,
         repo: str | None = None,
         start: bool = False,
+        check_job_type: JobTypeCheck | None = None,
     ) -> Execution:
         """Store a validated plan as a ``planned`` execution (and start it if asked).
 
-        Every node's job type and payload are checked here, before anything runs.
+        Every node's job type and payload are checked here, before anything runs; with
+        ``check_job_type``, so is the caller's right to run each job type (a plan is a batch of
+        submissions: it must not run a type its author could not submit). Pull-mode nodes run
+        outside stitchwork, so their types are labels and are not checked.
         """
         repo = repo or plan.repo or DEFAULT_REPO
+        lock_key(workspace_id, repo)  # refuses a name too long to lock before anything is stored
+        if dispatch is Dispatch.JOBS and check_job_type is not None:
+            for job_type in sorted({node.job_type for node in plan.nodes}):
+                check_job_type(job_type)
         if dispatch is Dispatch.JOBS:
             for i, node in enumerate(plan.nodes):
                 try:
@@ -165,13 +179,20 @@ class ExecutionService:
         repo: str | None = None,
         concurrency: int | None = None,
         start: bool = False,
+        check_job_type: JobTypeCheck | None = None,
     ) -> Execution:
         """Create an execution from a Markdown milestone table, YAML or JSON document."""
         plan = parse_plan(text, format=format)
         if concurrency is not None:
             plan = _with_concurrency(plan, concurrency)
         return await self.create(
-            workspace_id, plan, actor=actor, dispatch=dispatch, repo=repo, start=start
+            workspace_id,
+            plan,
+            actor=actor,
+            dispatch=dispatch,
+            repo=repo,
+            start=start,
+            check_job_type=check_job_type,
         )
 
     # -- read -------------------------------------------------------------------------------
@@ -324,21 +345,39 @@ class ExecutionService:
 
     # -- locks ------------------------------------------------------------------------------
 
-    async def held_locks(self, repo: str) -> list[Mapping[Any, Any]]:
-        """The repository's lock table: every held claim with its owner and mode."""
+    # A repository named by a workspace is that workspace's own lock table; an absolute path
+    # is shared by every workspace (``lock_key``).
+
+    async def held_locks(self, workspace_id: UUID, repo: str) -> list[dict[str, Any]]:
+        """The repository's lock table as the workspace sees it: every held claim with its
+        owner and mode (on a shared checkout, another workspace's nodes without their ids)."""
         async with self.store.db.read() as conn:
-            return await self.stitcher.locks.store.held_locks(conn, repo)
+            return await self._visible_locks(conn, workspace_id, lock_key(workspace_id, repo))
+
+    async def _visible_locks(
+        self, conn: AsyncConnection, workspace_id: UUID, key: str
+    ) -> list[dict[str, Any]]:
+        store = self.stitcher.locks.store
+        rows = [dict(r) for r in await store.held_locks(conn, key)]
+        if lock_scope(key)[0] is not None:
+            return rows  # a named repository: every row is this workspace's
+        ids = {r["execution_id"] for r in rows if r["execution_id"] is not None}
+        owners = await store.execution_workspaces(conn, ids)
+        for row in rows:
+            if row["execution_id"] is not None and owners.get(row["execution_id"]) != workspace_id:
+                row.update(owner=FOREIGN_OWNER, execution_id=None, node_id=None)
+        return rows
 
     async def hold(
-        self, repo: str, name: str, claims: list[tuple[str, LockMode]]
+        self, workspace_id: UUID, repo: str, name: str, claims: list[tuple[str, LockMode]]
     ) -> list[HeldLock]:
         """Hold claims by hand (``hold:<name>``); see ``RepoLocks.hold``."""
-        held = await self.stitcher.locks.hold(repo, name, claims)
+        held = await self.stitcher.locks.hold(lock_key(workspace_id, repo), name, claims)
         log.info("claims_held", repo=repo, name=name, claims=len(held))
         return held
 
-    async def release_hold(self, repo: str, name: str) -> int:
-        count = await self.stitcher.locks.release_hold(repo, name)
+    async def release_hold(self, workspace_id: UUID, repo: str, name: str) -> int:
+        count = await self.stitcher.locks.release_hold(lock_key(workspace_id, repo), name)
         log.info("hold_released", repo=repo, name=name, claims=count)
         return count
 
@@ -347,7 +386,7 @@ class ExecutionService:
     async def debug(self, workspace_id: UUID, execution_id: UUID) -> Debug:
         ex = await self.get(workspace_id, execution_id)
         async with self.store.db.read() as conn:
-            held = await self.stitcher.locks.store.held_locks(conn, ex.repo)
+            held = await self._visible_locks(conn, workspace_id, lock_key(workspace_id, ex.repo))
         ready = [n.node_id for n in ex.nodes if n.status == NodeStatus.READY.value]
         table = LockTable(repo_root=repo_root_of(ex.repo))
         for row in held:

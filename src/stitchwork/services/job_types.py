@@ -24,6 +24,7 @@ from stitchwork.domain.guards import AGENT_REVIEW, AGENT_TASK
 from stitchwork.domain.locks import LockMode
 from stitchwork.domain.scripts import parse_script
 from stitchwork.errors import InvalidClaim, InvalidRequest
+from stitchwork.runner.sandbox import check_env_names
 
 
 class NoopPayload(BaseModel):
@@ -55,6 +56,14 @@ class ShellPayload(BaseModel):
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     output_tail_chars: int = Field(default=4000, ge=0, le=1_000_000)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = check_env_names(value, "env")
+        if problems:
+            raise ValueError("; ".join(problems[:3]))
+        return value
 
     @field_validator("command")
     @classmethod

@@ -14,6 +14,7 @@ from stitchwork.domain.jobs import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, N
 from stitchwork.domain.steps import Step
 from stitchwork.errors import InvalidRequest
 from stitchwork.queue.base import QueueBackend
+from stitchwork.runner.sandbox import JobConfinement
 from stitchwork.services.agent_tasks import check_agent_task
 from stitchwork.services.job_types import JobTypeCatalog
 from stitchwork.storage.jobs import JobSpec, SqlJobStore, Submitted
@@ -22,6 +23,7 @@ from stitchwork.storage.steps import SqlStepStore
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 10_000
+CONFINED_JOB_TYPES = frozenset({"shell", *AGENT_JOB_TYPES})  # they start commands
 
 
 class JobService:
@@ -32,17 +34,35 @@ class JobService:
         queue: QueueBackend,
         catalog: JobTypeCatalog,
         settings: Settings,
+        *,
+        confinement: JobConfinement | None = None,
     ) -> None:
         self.store = store
         self.step_store = steps
         self.queue = queue
         self.catalog = catalog
         self.settings = settings
+        # What the commands of jobs may reach; None: no checks (tests of the service alone).
+        self.confinement = confinement
+
+    def _check_confinement(self, job_type: str, payload: dict[str, object]) -> None:
+        """Refuse, before anything is stored, a job whose commands could not be confined: a
+        repository or directory outside the repository roots (403, not saying whether it
+        exists) or, with the sandbox on, no working bubblewrap here (503, saying what to do)."""
+        confinement = self.confinement
+        if confinement is None or job_type not in CONFINED_JOB_TYPES:
+            return
+        field = "repo" if job_type in AGENT_JOB_TYPES else "cwd"
+        path = payload.get(field)
+        if isinstance(path, str):
+            confinement.inside_roots(path, field=f"payload.{field}")
+        confinement.sandbox.check()
 
     def spec(self, new: NewJob) -> JobSpec:
         """Validate a new job and resolve its defaults (queue, attempts); raises
         ``InvalidRequest``."""
         payload = self.catalog.validate(new.type, new.payload)
+        self._check_confinement(new.type, payload)
         if new.type in AGENT_JOB_TYPES:
             check_agent_task(payload, new.agent_profile, job_type=new.type)
         if not MIN_PRIORITY <= new.priority <= MAX_PRIORITY:

@@ -8,8 +8,10 @@ A transaction checks the table out of the cache and changes it in place; it goes
 when the transaction commits. So nothing a rolled-back transaction did (a claim acquired, a
 repository row inserted) outlives it in memory, whatever made it roll back, commit included.
 
-A repository given as the absolute path of a checkout has its tree decide literal claims
-(``repo_root_of``): ``lib/v1.2`` existing there as a directory covers ``lib/v1.2/x.py``.
+Every ``repo`` here is a lock-table key (``storage.locks.lock_key``): a workspace's name for a
+repository, qualified by the workspace, or the absolute path of a checkout. A path has its tree
+decide literal claims (``repo_root_of``): ``lib/v1.2`` existing there as a directory covers
+``lib/v1.2/x.py``; a qualified name is never absolute, so the naming rule decides for it.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from stitchwork.services.repo_locks import HOLD_PREFIX, RepoLocks
 from stitchwork.services.rounds import FINAL_EVENTS, Round, RunState
 from stitchwork.storage.executions import ExecutionRow, NodeRow, SqlExecutionStore
 from stitchwork.storage.jobs import SqlJobStore
-from stitchwork.storage.locks import SqlLockStore
+from stitchwork.storage.locks import SqlLockStore, lock_key
 from stitchwork.storage.processes import SqlProcessStore
 from stitchwork.storage.rows import EventWriter, Tx, transition_jobs
 from stitchwork.storage.tables import runner_jobs
@@ -115,7 +115,9 @@ class Stitcher:
             yield
         except BaseException:
             run = self._runs.pop(execution_id, None)
-            self.locks.forget(run.ex.repo if run is not None else None)
+            self.locks.forget(
+                lock_key(run.ex.workspace_id, run.ex.repo) if run is not None else None
+            )
             raise
 
     async def _open(self, tx: Tx, execution_id: UUID, workspace_id: UUID | None) -> RunState:
@@ -186,7 +188,11 @@ class Stitcher:
         await self._keep_draining(tx, rnd)
         if rnd.release or rnd.acquire:
             await self.locks.write(
-                tx, run.ex.repo, release=rnd.release, acquire=rnd.acquire, now=rnd.now
+                tx,
+                lock_key(run.ex.workspace_id, run.ex.repo),
+                release=rnd.release,
+                acquire=rnd.acquire,
+                now=rnd.now,
             )
         if rnd.cancel_jobs:
             await transition_jobs(
@@ -254,7 +260,9 @@ class Stitcher:
             key=lambda n: run.nodes[n].blocked_since,  # type: ignore[arg-type, return-value]
         )
         await self._keep_draining(tx, rnd)
-        table = await self.locks.table(tx, ex.repo)
+        # Locks by the repository's key; the job gets the repository as the plan gave it.
+        key = lock_key(ex.workspace_id, ex.repo)
+        table = await self.locks.table(tx, key)
         for owner in rnd.release:  # released earlier in this round
             table.release(owner)
         holders = table.holders()
@@ -266,7 +274,7 @@ class Stitcher:
             (n for _, _, n in run.order if n not in first and run.blocked_by.get(n) not in holders),
         )
         reserved = await self.locks.reservations(
-            tx, ex.repo, blocked_before=starved_since, exclude=ex.id
+            tx, key, blocked_before=starved_since, exclude=ex.id
         )
         decided = choose_starts(
             ex.plan, ordered, free, table, run.owner, boosted=first, reserved=reserved
@@ -344,7 +352,7 @@ class Stitcher:
         run = rnd.run
         if run.running or not run.ready:
             return
-        table = await self.locks.table(tx, run.ex.repo)
+        table = await self.locks.table(tx, lock_key(run.ex.workspace_id, run.ex.repo))
         blocked = {
             n: table.conflicts(run.owner(n), claims_of(run.ex.plan, n)) for n in sorted(run.ready)
         }
@@ -398,7 +406,7 @@ class Stitcher:
         run = rnd.run
         if run.running or not run.ready:
             return False
-        table = await self.locks.table(tx, run.ex.repo)
+        table = await self.locks.table(tx, lock_key(run.ex.workspace_id, run.ex.repo))
         return all(table.conflicts(run.owner(n), claims_of(run.ex.plan, n)) for n in run.ready)
 
     async def change(

@@ -1,7 +1,9 @@
-"""Workspaces and API keys. Keys are stored as SHA-256 hashes, never in clear."""
+"""Workspaces and API keys. Keys are stored as SHA-256 hashes, never in clear, with the role
+and extra scopes that say what each may do (``services.auth`` decides)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,10 +34,14 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    role: str
+    scopes: tuple[str, ...]
 
 
 def _key(row: Any) -> ApiKey:
-    return ApiKey(**{c: row[c] for c in ApiKey.__slots__})
+    fields = {c: row[c] for c in ApiKey.__slots__}
+    fields["scopes"] = tuple(fields["scopes"] or ())
+    return ApiKey(**fields)
 
 
 class SqlAuthStore:
@@ -65,8 +71,28 @@ class SqlAuthStore:
             rows = (await conn.execute(select(workspaces).order_by(workspaces.c.name))).mappings()
             return [Workspace(r["id"], r["name"], r["created_at"]) for r in rows]
 
-    async def insert_key(self, workspace_id: UUID, name: str, prefix: str, key_hash: str) -> ApiKey:
-        key = ApiKey(new_id(), workspace_id, name, prefix, key_hash, self.clock.now(), None, None)
+    async def insert_key(
+        self,
+        workspace_id: UUID,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        *,
+        role: str,
+        scopes: Sequence[str] = (),
+    ) -> ApiKey:
+        key = ApiKey(
+            new_id(),
+            workspace_id,
+            name,
+            prefix,
+            key_hash,
+            self.clock.now(),
+            None,
+            None,
+            role=str(role),  # a StrEnum member is stored and read back as its plain value
+            scopes=tuple(scopes),
+        )
         async with self.db.begin() as conn:
             await conn.execute(
                 insert(api_keys).values(
@@ -76,6 +102,8 @@ class SqlAuthStore:
                     prefix=prefix,
                     key_hash=key_hash,
                     created_at=key.created_at,
+                    role=key.role,
+                    scopes=list(key.scopes),
                 )
             )
         return key

@@ -1,9 +1,16 @@
 """The repository lock table's rows: held claims, and one row per repository whose row lock
-serialises lock decisions and whose version says when a cached table is stale."""
+serialises lock decisions and whose version says when a cached table is stale.
+
+Rows are keyed by ``lock_key``: a repository given by name belongs to its workspace, so two
+workspaces' ``shared-repo`` are two lock tables; an absolute path is one checkout whose files
+every workspace shares, so its lock table is global. Every ``repo`` parameter of
+``SqlLockStore`` is such a key.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +25,7 @@ from stitchwork.domain.dag import NodeStatus
 from stitchwork.domain.executions import ExecutionStatus
 from stitchwork.domain.locks import HeldLock, LockMode
 from stitchwork.domain.plans import Plan, parse_plan
+from stitchwork.errors import InvalidRequest
 from stitchwork.storage.db import Database
 from stitchwork.storage.rows import Tx
 from stitchwork.storage.tables import (
@@ -28,6 +36,34 @@ from stitchwork.storage.tables import (
     resource_locks,
 )
 from stitchwork.storage.types import new_id
+
+MAX_LOCK_KEY = 500  # the width of resource_locks.repo and repositories.repo
+
+
+def shared_repo(repo: str) -> bool:
+    """Whether ``repo`` is the absolute path of a checkout, which every workspace shares."""
+    return os.path.isabs(repo)
+
+
+def lock_key(workspace_id: UUID, repo: str) -> str:
+    """The lock-table key of ``repo`` as a workspace names it: an absolute path as it is (the
+    files are the same whoever names them, so exclusion is global), a name as
+    ``<workspace id>:<name>`` (names are the workspace's own). ``InvalidRequest`` when the
+    key would not fit the table."""
+    key = repo if shared_repo(repo) else f"{workspace_id}:{repo}"
+    if len(key) > MAX_LOCK_KEY:
+        room = MAX_LOCK_KEY - (len(key) - len(repo))
+        raise InvalidRequest(f"repository name longer than {room} characters", field="repo")
+    return key
+
+
+def lock_scope(key: str) -> tuple[UUID | None, str]:
+    """The inverse of ``lock_key``: (workspace id, name) of a named repository's key, and
+    (None, path) for an absolute path, which every workspace shares."""
+    if shared_repo(key):
+        return None, key
+    workspace_id, _, repo = key.partition(":")
+    return UUID(workspace_id), repo
 
 
 class SqlLockStore:
@@ -134,14 +170,20 @@ class SqlLockStore:
         return int(result.rowcount or 0)
 
     async def starved_nodes(
-        self, conn: AsyncConnection, repo: str, *, blocked_before: datetime, exclude: UUID
+        self, conn: AsyncConnection, key: str, *, blocked_before: datetime, exclude: UUID
     ) -> list[tuple[UUID, str]]:
-        """Ready nodes of other running executions on ``repo`` blocked since before a time."""
+        """Ready nodes of other running executions on the repository whose lock-table key is
+        ``key``, blocked since before a time. Executions store the repository as given, so a
+        name matches only in its own workspace."""
+        workspace_id, repo = lock_scope(key)
+        same_table = [executions.c.repo == repo]
+        if workspace_id is not None:
+            same_table.append(executions.c.workspace_id == workspace_id)
         rows = await conn.execute(
             select(execution_nodes.c.execution_id, execution_nodes.c.node_id)
             .join(executions, executions.c.id == execution_nodes.c.execution_id)
             .where(
-                executions.c.repo == repo,
+                *same_table,
                 executions.c.status == ExecutionStatus.RUNNING.value,
                 executions.c.id != exclude,
                 execution_nodes.c.status == NodeStatus.READY.value,
@@ -149,6 +191,18 @@ class SqlLockStore:
             )
         )
         return [(r[0], r[1]) for r in rows]
+
+    async def execution_workspaces(
+        self, conn: AsyncConnection, ids: Iterable[UUID]
+    ) -> dict[UUID, UUID]:
+        """The workspace of each of these executions."""
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = await conn.execute(
+            select(executions.c.id, executions.c.workspace_id).where(executions.c.id.in_(wanted))
+        )
+        return {r[0]: r[1] for r in rows}
 
     async def plans(self, conn: AsyncConnection, ids: Iterable[UUID]) -> dict[UUID, Plan]:
         wanted = list(ids)

@@ -53,6 +53,10 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
+    # What the key may do (``services.auth``): admin, operator or reader, plus extra scopes
+    # such as "jobs:submit:shell". No default role: whoever makes a key chooses (migration 0006).
+    Column("role", String(20), nullable=False),
+    Column("scopes", json_type(), nullable=False, server_default=text("'[]'")),
 )
 
 runner_jobs = Table(

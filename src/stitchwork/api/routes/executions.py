@@ -1,4 +1,7 @@
-"""``/api/v1/executions``: plans of jobs with dependencies, claims and a concurrency limit."""
+"""``/api/v1/executions``: plans of jobs with dependencies, claims and a concurrency limit.
+
+Reading needs ``executions:read``; creating, controlling and pull mode ``executions:write``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
-from stitchwork.api.deps import EngineDep, PrincipalDep
+from stitchwork.api.deps import EngineDep, require
 from stitchwork.api.execution_schemas import (
     ExecutionCreate,
     ExecutionPage,
@@ -35,6 +38,7 @@ from stitchwork.api.streaming import MAX_SEQ, Ping
 from stitchwork.api.wire import sse_frame
 from stitchwork.domain.executions import TERMINAL_EXECUTION_STATUSES, Dispatch, ExecutionStatus
 from stitchwork.errors import InvalidRequest
+from stitchwork.services.auth import Principal, Scope
 from stitchwork.services.stitcher import NodeOutcome
 
 router = APIRouter(prefix="/executions", tags=["executions"])
@@ -45,11 +49,14 @@ PING_FRAME = b": ping\n\n"
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ExecutionPublic)
 async def create_execution(
-    body: ExecutionCreate, engine: EngineDep, principal: PrincipalDep
+    body: ExecutionCreate,
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
 ) -> ExecutionPublic:
     """Validate a plan (ids, edges, cycles, claims, job types) and store it as an execution.
 
-    Nothing is stored when any part is invalid; the error names the field.
+    Nothing is stored when any part is invalid; the error names the field. A plan dispatched
+    as jobs also needs ``jobs:submit:<type>`` for each of its nodes' job types.
     """
     ex = await engine.executions.import_plan(
         principal.workspace_id,
@@ -59,6 +66,7 @@ async def create_execution(
         dispatch=body.dispatch,
         repo=body.repo,
         start=body.start,
+        check_job_type=principal.require_submit,
     )
     return ExecutionPublic.of(ex)
 
@@ -77,7 +85,7 @@ async def create_execution(
 async def import_execution(
     request: Request,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
     format: Annotated[Format | None, Query(description="detected when absent")] = None,
     dispatch: Dispatch = Dispatch.JOBS,
     repo: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
@@ -102,6 +110,7 @@ async def import_execution(
         repo=repo,
         concurrency=concurrency,
         start=start,
+        check_job_type=principal.require_submit,
     )
     return ExecutionPublic.of(ex)
 
@@ -109,7 +118,7 @@ async def import_execution(
 @router.get("", response_model=ExecutionPage)
 async def list_executions(
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
     status_: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ExecutionPage:
@@ -122,7 +131,9 @@ async def list_executions(
 
 @router.get("/{execution_id}", response_model=ExecutionPublic)
 async def get_execution(
-    execution_id: UUID, engine: EngineDep, principal: PrincipalDep
+    execution_id: UUID,
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
 ) -> ExecutionPublic:
     return ExecutionPublic.of(await engine.executions.get(principal.workspace_id, execution_id))
 
@@ -131,7 +142,7 @@ async def get_execution(
 async def execution_waves(
     execution_id: UUID,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
     agents: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> WavesPublic:
     """A schedule preview: which nodes can run together, wave by wave, under dependencies,
@@ -146,7 +157,7 @@ async def execution_waves(
 async def execution_events(
     execution_id: UUID,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> dict[str, list[EventPublic]]:
@@ -159,7 +170,9 @@ async def execution_events(
 
 @router.get("/{execution_id}/debug")
 async def execution_debug(
-    execution_id: UUID, engine: EngineDep, principal: PrincipalDep
+    execution_id: UUID,
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
 ) -> dict[str, Any]:
     """What the scheduler sees: ready queue, running nodes, the repository's lock table with
     owners and modes, the wait-for graph, and the last 50 events."""
@@ -176,7 +189,9 @@ async def execution_debug(
 
 @router.get("/{execution_id}/metrics")
 async def execution_metrics(
-    execution_id: UUID, engine: EngineDep, principal: PrincipalDep
+    execution_id: UUID,
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
 ) -> dict[str, Any]:
     return await engine.executions.metrics(principal.workspace_id, execution_id)
 
@@ -185,7 +200,7 @@ async def execution_metrics(
 async def next_node(
     execution_id: UUID,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
     body: NextRequest | None = None,
 ) -> NextPublic:
     """Pull mode: the next node that may start now (dependencies done, claims locked, within
@@ -208,7 +223,10 @@ async def next_node(
     description="The execution with node counts; its nodes are left out (GET it for them).",
 )
 async def report_nodes(
-    execution_id: UUID, body: NodeReport, engine: EngineDep, principal: PrincipalDep
+    execution_id: UUID,
+    body: NodeReport,
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
 ) -> ExecutionPublic:
     """Pull mode: several nodes completed or failed, recorded in one transaction; nothing is
     recorded when any of them may not move (409) or is unknown (404)."""
@@ -233,7 +251,7 @@ async def complete_node(
     execution_id: UUID,
     node_id: str,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
     body: NodeComplete | None = None,
 ) -> ExecutionPublic:
     ex = await engine.executions.complete_node(
@@ -256,7 +274,7 @@ async def fail_node(
     execution_id: UUID,
     node_id: str,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
     body: NodeFail | None = None,
 ) -> ExecutionPublic:
     ex = await engine.executions.fail_node(
@@ -278,7 +296,7 @@ async def fail_node(
 async def stream_execution_events(
     execution_id: UUID,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_READ)],
     last_event_id: Annotated[str | None, Query(description="resume after this seq")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
@@ -318,7 +336,7 @@ async def control_execution(
     execution_id: UUID,
     action: Literal["start", "pause", "resume", "abort"],
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.EXECUTIONS_WRITE)],
 ) -> ExecutionPublic:
     """start a planned execution; pause (running nodes finish, none start); resume; abort
     (running jobs are cancelled, locks released, the rest cancelled)."""

@@ -1,4 +1,8 @@
-"""``/api/v1/jobs``: submit, list, show, cancel, retry, and a job's events."""
+"""``/api/v1/jobs``: submit, list, show, cancel, retry, and a job's events.
+
+Reading needs ``jobs:read``; cancel and retry ``jobs:write``; submitting (and retrying, which
+submits again) needs ``jobs:submit:<type>`` of the job's type.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from stitchwork.api.deps import EngineDep, PrincipalDep
+from stitchwork.api.deps import EngineDep, require, require_submit
 from stitchwork.api.schemas import (
     EventPublic,
     JobCreate,
@@ -19,6 +23,7 @@ from stitchwork.api.schemas import (
 from stitchwork.api.streaming import MAX_SEQ
 from stitchwork.domain.jobs import JobStatus, NewJob
 from stitchwork.errors import InvalidRequest
+from stitchwork.services.auth import Principal, Scope
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -32,12 +37,14 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 async def submit_job(
     body: JobCreate,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require_submit()],
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Submit a job. Repeating a request with the same idempotency key (body field or
-    ``Idempotency-Key`` header) returns the job created the first time, with status 200."""
+    ``Idempotency-Key`` header) returns the job created the first time, with status 200.
+    Needs ``jobs:submit:<type>`` for the submitted type."""
+    principal.require_submit(body.type)
     key = body.idempotency_key
     if idempotency_key and key and idempotency_key != key:
         raise InvalidRequest(
@@ -68,7 +75,7 @@ async def submit_job(
 @router.get("", response_model=JobPage)
 async def list_jobs(
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.JOBS_READ)],
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=100)] = None,
     issue_ref: Annotated[str | None, Query(max_length=300)] = None,
@@ -96,7 +103,9 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobDetailPublic)
-async def get_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobDetailPublic:
+async def get_job(
+    job_id: UUID, engine: EngineDep, principal: Annotated[Principal, require(Scope.JOBS_READ)]
+) -> JobDetailPublic:
     """One job with its steps."""
     job = await engine.jobs.get(principal.workspace_id, job_id)
     steps = await engine.jobs.steps(principal.workspace_id, job_id)
@@ -106,20 +115,27 @@ async def get_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> J
 
 
 @router.get("/{job_id}/steps", response_model=list[StepPublic])
-async def list_steps(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> list[StepPublic]:
+async def list_steps(
+    job_id: UUID, engine: EngineDep, principal: Annotated[Principal, require(Scope.JOBS_READ)]
+) -> list[StepPublic]:
     """The job's steps in order."""
     return [StepPublic.of(s) for s in await engine.jobs.steps(principal.workspace_id, job_id)]
 
 
 @router.get("/{job_id}/steps/{step_id}", response_model=StepPublic)
 async def get_step(
-    job_id: UUID, step_id: UUID, engine: EngineDep, principal: PrincipalDep
+    job_id: UUID,
+    step_id: UUID,
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.JOBS_READ)],
 ) -> StepPublic:
     return StepPublic.of(await engine.jobs.step(principal.workspace_id, job_id, step_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-async def cancel_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
+async def cancel_job(
+    job_id: UUID, engine: EngineDep, principal: Annotated[Principal, require(Scope.JOBS_WRITE)]
+) -> JobPublic:
     """Cancel a pending, queued or running job (a running handler is told to stop). 409 if
     the job already ended."""
     return JobPublic.of(
@@ -128,8 +144,12 @@ async def cancel_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic)
-async def retry_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) -> JobPublic:
-    """Queue a failed or cancelled job again as a new attempt. 409 otherwise."""
+async def retry_job(
+    job_id: UUID, engine: EngineDep, principal: Annotated[Principal, require(Scope.JOBS_WRITE)]
+) -> JobPublic:
+    """Queue a failed or cancelled job again as a new attempt. 409 otherwise. A retry runs
+    the job again, so it also needs the scope that submits the job's type."""
+    principal.require_submit((await engine.jobs.get(principal.workspace_id, job_id)).type)
     return JobPublic.of(
         await engine.jobs.retry(principal.workspace_id, job_id, actor=principal.actor)
     )
@@ -139,7 +159,7 @@ async def retry_job(job_id: UUID, engine: EngineDep, principal: PrincipalDep) ->
 async def job_events(
     job_id: UUID,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.JOBS_READ)],
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="only events with seq > after")] = 0,
     type_: Annotated[
         list[str] | None,

@@ -1,18 +1,24 @@
-"""Metrics (JSON and Prometheus text) and the health report."""
+"""Metrics (JSON and Prometheus text) and the health report.
+
+The JSON metrics need a key and show its workspace (``?all=true``, with ``metrics:all``: the
+whole database). The Prometheus exposition and the health report need no key, so they carry
+aggregates only: counts by status and queue name, never an id.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from stitchwork import __version__
-from stitchwork.api.deps import EngineDep, PrincipalDep
-from stitchwork.domain.executions import ACTIVE_EXECUTION_STATUSES
+from stitchwork.api.deps import EngineDep, require
+from stitchwork.api.figures import metrics_report
 from stitchwork.runtime.metrics import process_figures, snapshot
-from stitchwork.services.executions import execution_metrics
+from stitchwork.services.auth import Principal, Scope
 from stitchwork.storage.executions import stalled_executions
 from stitchwork.storage.migrate import current_revision
 
@@ -21,18 +27,19 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @router.get("/api/v1/metrics")
-async def metrics_json(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
-    """Jobs, queues, executions and locks (database-wide), this process's figures, and the
-    per-execution metrics of the workspace's running and paused executions."""
-    figures = await snapshot(engine.db)
-    active = []
-    for status in sorted(ACTIVE_EXECUTION_STATUSES):
-        for ex in await engine.executions.list_executions(
-            principal.workspace_id, status=status, limit=200
-        ):
-            full = await engine.executions.get(principal.workspace_id, ex.id)
-            active.append({"id": str(ex.id), "status": ex.status.value, **execution_metrics(full)})
-    return {**figures, "process": process_figures(), "executions": active}
+async def metrics_json(
+    engine: EngineDep,
+    principal: Annotated[Principal, require(Scope.METRICS_READ)],
+    all_: Annotated[
+        bool, Query(alias="all", description="database-wide figures (needs metrics:all)")
+    ] = False,
+) -> dict[str, Any]:
+    """Jobs, queues, executions and locks of the caller's workspace, this process's figures,
+    the per-execution metrics of the workspace's running and paused executions, and its
+    stalled executions."""
+    if all_:
+        principal.require(Scope.METRICS_ALL)
+    return await metrics_report(engine, principal.workspace_id, everything=all_)
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -44,9 +51,10 @@ async def metrics_prometheus(engine: EngineDep) -> Response:
 
 @router.get("/api/v1/health", response_model=None)
 async def health(engine: EngineDep) -> dict[str, Any] | JSONResponse:
-    """200 when the database answers, else 503; with execution counts, stalled executions
-    (running, no event for ``STITCHWORK_STALL_AFTER``, no running node alive), process memory
-    and limits, and the reachability of the database, queue and bus."""
+    """200 when the database answers, else 503; with execution counts, the number of stalled
+    executions (running, no event for ``STITCHWORK_STALL_AFTER``, no running node alive; their
+    ids are in the JSON metrics of their workspace), process memory and limits, the
+    reachability of the database, queue and bus, and how jobs are confined (``sandbox``)."""
     started = time.perf_counter()
     report: dict[str, Any] = {"version": __version__}
     try:
@@ -60,7 +68,8 @@ async def health(engine: EngineDep) -> dict[str, Any] | JSONResponse:
         report["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     db_ok = report["database"]["ok"]
     queue = await engine.queue.status()
-    report["queue"] = {"url": engine.settings.queue_url, **queue, "ok": db_ok and queue["ok"]}
+    queue_url = _without_password(engine.settings.queue_url)  # no auth here
+    report["queue"] = {"url": queue_url, **queue, "ok": db_ok and queue["ok"]}
     bus = engine.relay.status()
     report["bus"] = {"ok": bool(bus.get("connected", True)), **bus}
     if db_ok:
@@ -74,13 +83,21 @@ async def health(engine: EngineDep) -> dict[str, Any] | JSONResponse:
             s: counts.get(s, 0)
             for s in ("planned", "running", "paused", "completed", "failed", "aborted")
         }
-        report["stalled"] = [
-            {"id": str(execution_id), "last_event_at": last.isoformat()}
-            for execution_id, last in stalled
-        ]
+        report["stalled"] = len(stalled)  # no auth here: a count, never whose
     report["process"] = process_figures()
+    # How jobs' commands are confined here: "bwrap", "off" (opted out) or "unavailable".
+    report["sandbox"] = engine.confinement.sandbox.status()
     # A broker outage degrades (jobs wait; the reconciler restores them); no database is fatal.
     report["status"] = "unavailable" if not db_ok else "ok" if report["queue"]["ok"] else "degraded"
     if not db_ok:
         return JSONResponse(report, status_code=503)
     return report
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced (the health report needs no key)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

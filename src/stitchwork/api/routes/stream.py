@@ -4,6 +4,7 @@ Frames: ``retry: 3000`` first; then ``id:`` / ``event:`` / ``data:`` per event (
 job's ``seq`` on a job stream and the global event id on the workspace stream); ``: ping``
 comments while idle; ``event: stream.complete`` and the end of the response once the job is
 terminal. Resume with the ``Last-Event-ID`` header (browsers send it) or ``?last_event_id=``.
+Both need ``jobs:read``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
-from stitchwork.api.deps import EngineDep, PrincipalDep
+from stitchwork.api.deps import EngineDep, require
 from stitchwork.api.direct import body_writer
 from stitchwork.api.streaming import (
     MAX_EVENT_ID,
@@ -32,6 +34,7 @@ from stitchwork.api.streaming import (
 from stitchwork.api.wire import sse_chunk, sse_frame
 from stitchwork.domain.events import Event
 from stitchwork.errors import InvalidRequest
+from stitchwork.services.auth import Principal, Scope
 
 router = APIRouter(tags=["events"])
 
@@ -94,9 +97,9 @@ class EventStreamResponse(StreamingResponse):
         self._frames = frames
         self._live = live
         self._receive: Receive | None = None
-        self._scope: Scope = {}
+        self._scope: AsgiScope = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         self._scope, self._receive = scope, receive
         subscribers = scope["app"].state.engine.metrics.streams.labels("sse")
         subscribers.inc()
@@ -126,7 +129,7 @@ class EventStreamResponse(StreamingResponse):
 async def stream_job_events(
     job_id: UUID,
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.JOBS_READ)],
     type_: TypesQuery = None,
     last_event_id: Annotated[str | None, Query(description="resume after this seq")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -152,7 +155,7 @@ async def stream_job_events(
 @router.get("/events/stream", response_class=StreamingResponse)
 async def stream_workspace_events(
     engine: EngineDep,
-    principal: PrincipalDep,
+    principal: Annotated[Principal, require(Scope.JOBS_READ)],
     type_: TypesQuery = None,
     job_id: Annotated[UUID | None, Query(description="only this job's events")] = None,
     last_event_id: Annotated[

@@ -12,6 +12,8 @@ Server -> client:
     {"event": "subscribed" | "unsubscribed" | "authenticated" | "pong" | "stream:complete", ...}
     {"event": "error", "message": "..."}
 ``after`` is a seq for job and execution rooms and a global event id for workspace rooms.
+The key authenticates in the first message, so each room checks its scope when subscribed
+(``ROOM_SCOPES``): an error naming ``required_scope`` when the key lacks it.
 """
 
 from __future__ import annotations
@@ -44,13 +46,18 @@ from stitchwork.api.streaming import (
 from stitchwork.api.wire import WsMessage, ws_frames, ws_message
 from stitchwork.errors import NotFound, StitchworkError
 from stitchwork.runtime.engine import Engine
-from stitchwork.services.auth import Principal
+from stitchwork.services.auth import Principal, Scope
 
 router = APIRouter(tags=["events"])
 log = structlog.get_logger(__name__)
 
 POLICY_VIOLATION = 1008
 ACTIONS = ("subscribe", "unsubscribe", "ping")
+ROOM_SCOPES = {
+    "job": Scope.JOBS_READ,
+    "workspace": Scope.JOBS_READ,
+    "execution": Scope.EXECUTIONS_READ,
+}
 
 
 class _Connection:
@@ -142,6 +149,14 @@ class _Connection:
             return
         if room in self.rooms:
             await self.error(f"already subscribed to {room!r}", room=room)
+            return
+        scope = ROOM_SCOPES.get(room.partition(":")[0])
+        if scope is not None and not self.principal.allows(scope):
+            await self.error(
+                f"room {room!r} needs the scope {scope.value!r}, which this key lacks",
+                room=room,
+                required_scope=scope.value,
+            )
             return
         items = await self._items(room, after)
         if isinstance(items, str):
