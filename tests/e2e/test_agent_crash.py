@@ -383,7 +383,10 @@ async def test_shell_nodes_with_overlapping_claims_never_run_at_once_across_kill
     spawn: Spawn, tmp_path: Path, database_url: str
 ) -> None:
     repo = make_repo(tmp_path / "repo", FILES, config=None)
-    log = tmp_path / "nodes.log"
+    # The nodes' directory (writable in their sandbox, which shows them nothing else of /tmp).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    log = shared / "nodes.log"
     salt = f"{uuid.uuid4().int % 10**6:06d}"
     # Far longer than the lease (2 s) and a restart: an orphan of a killed serve would outlive
     # both and meet the re-run of its node.
@@ -395,7 +398,8 @@ async def test_shell_nodes_with_overlapping_claims_never_run_at_once_across_kill
             "claims": claims,
             "payload": {
                 "command": f"echo start {node} $$ >> {log}; sleep {durations[node]}; "
-                f"echo end {node} $$ >> {log}"
+                f"echo end {node} $$ >> {log}",
+                "cwd": str(shared),
             },
         }
         for node, claims in SHELL_NODES
